@@ -1,0 +1,41 @@
+# Quick start on a fresh machine:  make run   (install + default experiment)   make test   (install + tests)
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PIP     := $(BIN)/python -m pip
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: install run test test-full bench lint clean lock
+
+install: $(STAMP)
+
+# Idempotent: re-runs only when the pins change. torch + torchvision first (they lie on this machine's disk),
+# then everything else constrained by requirements.lock so pip never pulls another torch.
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/python run.py
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-full: install
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+bench: install
+	$(BIN)/python experiments/classical_rd.py
+
+lint: install
+	$(BIN)/ruff check medcomp tests experiments run.py
+
+lock: install
+	$(PIP) freeze --exclude-editable | grep -v -E '^(torch|torchvision|triton|nvidia-|cuda-)' > requirements.lock
+
+clean:
+	rm -rf logs .pytest_cache .ruff_cache build *.egg-info .medcomp_tmp
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

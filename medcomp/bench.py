@@ -1,0 +1,101 @@
+"""Rate-distortion benchmark: every codec at every target on every input, BD-rate against a reference."""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from medcomp.codecs.base import Target, get_codec
+from medcomp.data.readers import read_image
+from medcomp.errors import MedcompError
+from medcomp.utils.atomic import atomic_path, atomic_write_text
+
+
+def bd_metrics(ref: list[dict], test: list[dict]) -> dict:
+    """BD-rate (%) and BD-PSNR (dB) of ``test`` against ``ref`` (bjontegaard package, cubic interpolation)."""
+    import bjontegaard as bd
+
+    if len(ref) < 4 or len(test) < 4:
+        return {"bd_rate": None, "bd_psnr": None, "note": "BD metrics need at least 4 RD points per codec"}
+    r = sorted(ref, key=lambda p: p["bpp"])
+    t = sorted(test, key=lambda p: p["bpp"])
+    args = ([p["bpp"] for p in r], [p["psnr"] for p in r], [p["bpp"] for p in t], [p["psnr"] for p in t])
+    try:
+        return {"bd_rate": float(bd.bd_rate(*args, method="akima")), "bd_psnr": float(bd.bd_psnr(*args, method="akima"))}
+    except (ValueError, AssertionError, ZeroDivisionError) as exc:  # non-monotone curves (e.g. a saturated codec)
+        return {"bd_rate": None, "bd_psnr": None, "note": f"not computable: {exc}"}
+
+
+def rd_benchmark(inputs, codecs, ratios=None, bpps=None, reference="jpeg2000", name="rd",
+                 out_dir=Path("experiments/results"), key=None, command="") -> dict:
+    from medcomp.pipeline import evaluate
+
+    if not ratios and not bpps:
+        ratios = [32, 64, 128, 256]
+    targets = [Target(ratio=r) for r in ratios] if ratios else [Target(bpp=b) for b in bpps]
+    images = [read_image(p, key=key) for p in inputs]
+    points = []
+    from tqdm import tqdm
+
+    jobs = [(c, t, im) for c in codecs for t in targets for im in images]
+    for codec_name, target, image in tqdm(jobs, desc="rd", unit="enc"):
+        codec = get_codec(codec_name)
+        import time
+
+        t0 = time.perf_counter()
+        container = codec.encode(image, target)
+        row, _ = evaluate(image, container, codec_name, time.perf_counter() - t0, target)
+        row["target"] = target.describe()
+        points.append(row)
+    curves = {}
+    for codec_name in codecs:
+        curve = []
+        for target in targets:
+            rs = [p for p in points if p["codec"] == codec_name and p["target"] == target.describe()]
+            file_b, orig_b = sum(r["file_bytes"] for r in rs), sum(r["original_bytes"] for r in rs)
+            curve.append({"target": target.describe(), "ratio_actual": orig_b / file_b,
+                          "bpp": 8 * file_b / sum(int(np.prod(r["shape"])) for r in rs),
+                          "psnr": float(np.mean([r["psnr"] for r in rs])), "ssim": float(np.mean([r["ssim"] for r in rs])),
+                          "encode_s": float(np.mean([r["encode_s"] for r in rs])),
+                          "decode_s": float(np.mean([r["decode_s"] for r in rs]))})
+        curves[codec_name] = curve
+    if reference not in curves:
+        raise MedcompError(f"reference codec '{reference}' is not among the benchmarked codecs {codecs}")
+    bd = {c: bd_metrics(curves[reference], curves[c]) for c in codecs if c != reference}
+    result = {"name": name, "command": command, "inputs": [str(p) for p in inputs], "reference": reference,
+              "curves": curves, "bd_vs_reference": bd, "points": points,
+              "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine(),
+                          "python": platform.python_version()},
+              "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    out_dir = Path(out_dir)
+    atomic_write_text(out_dir / f"{name}.json", json.dumps(result, indent=2))
+    _plot(curves, out_dir / f"{name}.png", title=name)
+    return result
+
+
+def _plot(curves: dict, path: Path, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for codec, curve in curves.items():
+        c = sorted(curve, key=lambda p: p["bpp"])
+        axes[0].plot([p["bpp"] for p in c], [p["psnr"] for p in c], "o-", label=codec)
+        axes[1].plot([p["bpp"] for p in c], [p["ssim"] for p in c], "o-", label=codec)
+    for ax, ylabel in zip(axes, ("PSNR (dB, original units)", "SSIM")):
+        ax.set_xlabel("bits per pixel (file bytes)")
+        ax.set_ylabel(ylabel)
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

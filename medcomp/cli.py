@@ -1,0 +1,156 @@
+"""``medcomp compress | decompress | info | bench``.
+
+Every user error is one line on stderr and exit code 2; outputs are written atomically, so a failure leaves
+nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from medcomp.errors import MedcompError
+
+LEARNED = {"siren"}
+
+
+def _target(args):
+    from medcomp.codecs.base import Target
+
+    return Target(ratio=args.ratio, bpp=args.bpp)
+
+
+def cmd_compress(args) -> int:
+    from medcomp.codecs.base import get_codec
+    from medcomp.data.readers import read_image
+    from medcomp.pipeline import evaluate
+    from medcomp.utils.atomic import atomic_write_bytes
+
+    target = _target(args)
+    image = read_image(args.input, key=args.key)
+    t0 = time.perf_counter()
+    if args.codec in LEARNED:
+        container = _compress_learned(args, target)
+    else:
+        if args.override:
+            raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(LEARNED))}), not '{args.codec}'")
+        container = get_codec(args.codec).encode(image, target)
+    encode_s = time.perf_counter() - t0
+    row, _ = evaluate(image, container, args.codec, encode_s, target)
+    atomic_write_bytes(args.output, container.to_bytes())
+    keys = ("codec", "ratio_target", "ratio_actual", "bpp", "psnr", "ssim", "encode_s", "decode_s", "file_bytes")
+    print(json.dumps({k: row[k] for k in keys}))
+    return 0
+
+
+def _compress_learned(args, target):
+    """Same configs and code as run.py: compose model=<codec> data=volume data.path=IN, fit, export."""
+    from medcomp.pipeline import compose, fit_model
+
+    with tempfile.TemporaryDirectory(prefix="medcomp-") as tmp:
+        rate = [f"compression.ratio={target.ratio}", "compression.bpp=null"] if target.ratio else \
+               [f"compression.bpp={target.bpp}", "compression.ratio=null"]
+        cfg = compose([f"model={args.codec}", "data=volume", f"data.path={Path(args.input).resolve()}",
+                       f"data.key={args.key}" if args.key else "data.key=null", "logger=none", "callbacks=none",
+                       "baselines=[]", f"paths.output_dir={tmp}", "trainer.enable_progress_bar=false",
+                       f"compression.name={target.describe()}", *rate, *args.override])
+        model, _, _, _ = fit_model(cfg)
+        return model.export()[0]
+
+
+def cmd_decompress(args) -> int:
+    from medcomp.codecs.base import decode_container
+    from medcomp.codecs.container import read_container
+    from medcomp.data.writers import write_image
+
+    container = read_container(args.input)
+    image = decode_container(container)
+    write_image(args.output, image)
+    return 0
+
+
+def cmd_info(args) -> int:
+    import numpy as np
+
+    from medcomp.codecs.container import read_container
+    from medcomp.metrics import bits_per_pixel, compression_ratio
+
+    path = Path(args.input)
+    c = read_container(path)
+    size = path.stat().st_size
+    shape = c.header.get("shape", [])
+    n = int(np.prod(shape)) if shape else 0
+    original = n * np.dtype(c.header["dtype"]).itemsize if n else 0
+    params = {k: v for k, v in c.header.items() if k not in ("shape", "dtype", "spacing")}
+    print(json.dumps({"file": str(path), "codec": c.codec, "shape": shape, "dtype": np.dtype(c.header["dtype"]).name,
+                      "spacing": c.header.get("spacing"), "bytes": size, "original_bytes": original,
+                      "ratio": compression_ratio(original, size) if original else None,
+                      "bpp": bits_per_pixel(size, n) if n else None,
+                      "sections": {k: len(v) for k, v in c.sections.items()}, "params": params}, indent=2))
+    return 0
+
+
+def cmd_bench_rd(args) -> int:
+    from medcomp.bench import rd_benchmark
+
+    rd_benchmark(inputs=args.input, codecs=args.codecs, ratios=args.ratios, bpps=args.bpps, reference=args.reference,
+                 name=args.name, out_dir=Path(args.out_dir), key=args.key, command=" ".join(sys.argv))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="medcomp", description="Medical image compression: real files, real bytes.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compress", help="compress an image or volume into a .mcz file")
+    c.add_argument("input", help="DICOM file or series folder, NIfTI, NRRD/MHA, HDF5 (file.h5:key), PNG/JPEG/TIFF, NPY")
+    c.add_argument("output", help="the .mcz file to write")
+    c.add_argument("--codec", required=True)
+    rate = c.add_mutually_exclusive_group(required=True)
+    rate.add_argument("--ratio", type=float, help="target compression ratio (original bytes / file bytes)")
+    rate.add_argument("--bpp", type=float, help="target bits per pixel/voxel")
+    c.add_argument("--key", help="HDF5 dataset key")
+    c.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="Hydra override for learned codecs, e.g. -o model.fit_steps=3000 -o data.block_size=[64,64,64]")
+    c.set_defaults(func=cmd_compress)
+
+    d = sub.add_parser("decompress", help="decode a .mcz file into .nii.gz, .nrrd, .mha, .npy, .png or .tif")
+    d.add_argument("input")
+    d.add_argument("output")
+    d.set_defaults(func=cmd_decompress)
+
+    i = sub.add_parser("info", help="print a .mcz file's codec, shape, dtype, bytes, CR and bpp as JSON")
+    i.add_argument("input")
+    i.set_defaults(func=cmd_info)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    rd = bsub.add_parser("rd", help="rate-distortion curves, BD-rate and BD-PSNR against a reference codec")
+    rd.add_argument("--input", nargs="+", required=True)
+    rd.add_argument("--codecs", nargs="+", default=["jpeg", "jpeg2000", "jpegxl", "hevc"])
+    grp = rd.add_mutually_exclusive_group()
+    grp.add_argument("--ratios", nargs="+", type=float)
+    grp.add_argument("--bpps", nargs="+", type=float)
+    rd.add_argument("--reference", default="jpeg2000")
+    rd.add_argument("--name", default="rd")
+    rd.add_argument("--key")
+    rd.add_argument("--out-dir", default="experiments/results")
+    rd.set_defaults(func=cmd_bench_rd)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MedcompError as exc:
+        print(f"medcomp: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

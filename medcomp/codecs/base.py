@@ -1,0 +1,147 @@
+"""One interface for every codec, classical or learned, and the registry the CLI and configs use."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from medcomp.codecs.container import Container
+from medcomp.data.image import Image
+from medcomp.errors import MedcompError
+
+
+@dataclass(frozen=True)
+class Target:
+    """A rate target: a compression ratio or a bits-per-pixel figure (exactly one)."""
+
+    ratio: float | None = None
+    bpp: float | None = None
+
+    def __post_init__(self):
+        if (self.ratio is None) == (self.bpp is None):
+            raise MedcompError("give exactly one rate target: a ratio (--ratio) or bits per pixel (--bpp)")
+        value = self.ratio if self.ratio is not None else self.bpp
+        if not value > 0:
+            raise MedcompError(f"rate target must be positive, got {value}")
+
+    def target_bytes(self, image: Image) -> float:
+        if self.ratio is not None:
+            return image.nbytes / self.ratio
+        return self.bpp * image.array.size / 8.0
+
+    def ratio_for(self, image: Image) -> float:
+        return image.nbytes / self.target_bytes(image)
+
+    def describe(self) -> str:
+        return f"cr{self.ratio:g}" if self.ratio is not None else f"bpp{self.bpp:g}"
+
+
+class Codec(ABC):
+    """Encodes an :class:`Image` into a :class:`Container` and decodes it back to the original dtype."""
+
+    name: str = ""
+
+    @abstractmethod
+    def encode(self, image: Image, target: Target) -> Container: ...
+
+    @abstractmethod
+    def decode(self, container: Container) -> np.ndarray: ...
+
+
+def image_header(image: Image) -> dict:
+    """What every decoder needs to rebuild the array; nothing identifying (no names, no DICOM tags)."""
+    return {
+        "shape": list(image.array.shape),
+        "dtype": image.array.dtype.str,
+        "spacing": list(image.spacing) if image.spacing else None,
+    }
+
+
+def restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Round and clip decoded float values into the original dtype."""
+    dt = np.dtype(dtype)
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        return np.clip(np.rint(values), info.min, info.max).astype(dt)
+    return values.astype(dt)
+
+
+CODECS: dict[str, Callable[[], Codec]] = {}
+
+
+def register(name: str):
+    def wrap(factory):
+        CODECS[name] = factory
+        return factory
+
+    return wrap
+
+
+def get_codec(name: str, **kwargs) -> Codec:
+    _load_builtin_codecs()
+    if name not in CODECS:
+        raise MedcompError(f"unknown codec '{name}' (available: {', '.join(sorted(CODECS))})")
+    return CODECS[name](**kwargs)
+
+
+def available_codecs() -> list[str]:
+    _load_builtin_codecs()
+    return sorted(CODECS)
+
+
+def _load_builtin_codecs():
+    # Imported for their @register side effect; kept lazy so `medcomp info` does not import torch models.
+    import medcomp.codecs.classical  # noqa: F401
+    import medcomp.codecs.video  # noqa: F401
+    import medcomp.models.siren  # noqa: F401
+
+
+def decode_container(container: Container, **kwargs) -> Image:
+    codec = get_codec(container.codec, **kwargs)
+    array = codec.decode(container)
+    header = container.header
+    expected = tuple(header["shape"])
+    if array.shape != expected:
+        raise MedcompError(f"decoded shape {array.shape} differs from the header's {expected}: corrupt .mcz")
+    return Image(array, tuple(header["spacing"]) if header.get("spacing") else None, {"codec": container.codec})
+
+
+def search_knob(size_of: Callable[[float], int], target_bytes: float, lo: float, hi: float, *,
+                increasing: bool, integer: bool = False, iterations: int = 18):
+    """Bisection on a codec's quality knob so that the encoded size meets ``target_bytes``.
+
+    ``size_of(knob)`` returns the encoded size; it must be monotone in the knob (``increasing`` says which way).
+    Returns the knob whose size is closest to the target in log ratio. Every classical codec uses this, because
+    none of them exposes "give me exactly N bytes".
+    """
+    best = None
+    cache: dict[float, int] = {}
+
+    def probe(k):
+        k = round(k) if integer else k
+        if k not in cache:
+            cache[k] = size_of(k)
+        return k, cache[k]
+
+    for _ in range(iterations):
+        mid = (lo + hi) / 2.0
+        k, size = probe(mid)
+        err = abs(math.log(max(size, 1) / target_bytes))
+        if best is None or err < best[2]:
+            best = (k, size, err)
+        if (size < target_bytes) == increasing:
+            lo = mid
+        else:
+            hi = mid
+        if integer and hi - lo <= 1:
+            for edge in (lo, hi):
+                k, size = probe(edge)
+                err = abs(math.log(max(size, 1) / target_bytes))
+                if err < best[2]:
+                    best = (k, size, err)
+            break
+    return best[0]

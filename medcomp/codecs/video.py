@@ -1,0 +1,98 @@
+"""Video codecs through PyAV: H.264 (x264, 10-bit gray) and HEVC (x265, 12-bit gray).
+
+A volume is a sequence of frames along axis 0; a 2-D image is one frame. Frames are padded to a multiple of 8
+(edge-replicated, cropped after decoding) and coded as a raw Annex-B stream: no MP4 box overhead in the file.
+The knob is CRF (float), searched by bisection to meet the rate target.
+"""
+
+from __future__ import annotations
+
+import fractions
+
+import numpy as np
+
+from medcomp.codecs.base import Codec, Target, image_header, register, restore_dtype, search_knob
+from medcomp.codecs.container import Container
+from medcomp.codecs.mapping import from_unsigned, to_unsigned
+from medcomp.data.image import Image
+from medcomp.errors import CorruptFileError
+
+PAD = 8
+
+
+class VideoCodec(Codec):
+    encoder, decoder, pix_fmt, bits = "", "", "", 8
+    crf_lo, crf_hi = 0.0, 51.0
+
+    def _options(self, crf: float) -> dict:
+        return {"crf": f"{crf:.3f}", "preset": "medium"}
+
+    def _encode_frames(self, frames: np.ndarray, crf: float) -> bytes:
+        import av
+
+        ctx = av.CodecContext.create(self.encoder, "w")
+        ctx.height, ctx.width = frames.shape[1:]
+        ctx.pix_fmt = self.pix_fmt
+        ctx.time_base = fractions.Fraction(1, 25)
+        ctx.options = self._options(crf)
+        packets = []
+        for i, frame in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format=self.pix_fmt)
+            vf.pts = i
+            packets += ctx.encode(vf)
+        packets += ctx.encode(None)
+        return b"".join(bytes(p) for p in packets)
+
+    def encode(self, image: Image, target: Target) -> Container:
+        coded, mapping = to_unsigned(image.array, self.bits)
+        frames = coded if coded.ndim == 3 else coded[None]
+        h, w = frames.shape[1:]
+        ph, pw = (-h) % PAD, (-w) % PAD
+        frames = np.pad(frames, ((0, 0), (0, ph), (0, pw)), mode="edge")
+        header = {**image_header(image), "mapping": mapping, "frames": int(frames.shape[0]), "coded_hw": [h + ph, w + pw]}
+
+        def build(crf):
+            return Container(self.name, {**header, "crf": crf}, {"stream": self._encode_frames(frames, crf)})
+
+        crf = search_knob(lambda c: len(build(c).to_bytes()), target.target_bytes(image), self.crf_lo, self.crf_hi,
+                          increasing=False, iterations=16)
+        return build(crf)
+
+    def decode(self, container: Container) -> np.ndarray:
+        import av
+
+        header = container.header
+        ctx = av.CodecContext.create(self.decoder, "r")
+        frames = []
+        try:
+            for packet in ctx.parse(container.sections["stream"]) + ctx.parse(None):
+                frames += ctx.decode(packet)
+            frames += ctx.decode(None)
+        except av.error.FFmpegError as exc:
+            raise CorruptFileError(f"corrupt {self.name} stream: {exc}") from exc
+        if len(frames) != header["frames"]:
+            raise CorruptFileError(f"corrupt {self.name} stream: {len(frames)} frames decoded, {header['frames']} expected")
+        ch, cw = header["coded_hw"]
+        out = []
+        for f in frames:
+            # Read the luma plane directly: to_ndarray(format="gray") would rescale 10/12-bit samples.
+            plane = f.planes[0]
+            row = np.frombuffer(plane, dtype=np.uint16).reshape(-1, plane.line_size // 2)
+            out.append(row[:ch, :cw])
+        coded = np.stack(out)
+        shape = tuple(header["shape"])
+        coded = coded[:, : shape[-2], : shape[-1]].reshape(shape)
+        return restore_dtype(from_unsigned(coded, header["mapping"]), header["dtype"])
+
+
+@register("h264")
+class H264(VideoCodec):
+    name, encoder, decoder, pix_fmt, bits = "h264", "libx264", "h264", "gray10le", 10
+
+
+@register("hevc")
+class HEVC(VideoCodec):
+    name, encoder, decoder, pix_fmt, bits = "hevc", "libx265", "hevc", "gray12le", 12
+
+    def _options(self, crf):
+        return {**super()._options(crf), "x265-params": "log-level=error"}

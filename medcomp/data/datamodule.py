@@ -1,0 +1,138 @@
+"""LightningDataModules that serve N-D blocks of real images to per-block (INR) codecs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medcomp.data.blocks import BlockLayout, plan_blocks, split_blocks
+from medcomp.data.image import Image
+from medcomp.data.readers import read_image
+from medcomp.errors import MedcompError
+
+
+def normalise_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block min/max (float32, they go in the file) and values mapped to [−1, 1]."""
+    flat = blocks.reshape(blocks.shape[0], -1).astype(np.float64)
+    lo = flat.min(axis=1).astype(np.float32)
+    hi = flat.max(axis=1).astype(np.float32)
+    ranges = np.stack([lo, hi], axis=1)
+    return normalise_with(flat, ranges), ranges
+
+
+def normalise_with(flat: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    lo, hi = ranges[:, :1].astype(np.float64), ranges[:, 1:].astype(np.float64)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return (2.0 * (flat - lo) / span - 1.0).astype(np.float32)
+
+
+def denormalise(values: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    lo, hi = ranges[:, :1].astype(np.float64), ranges[:, 1:].astype(np.float64)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return (values.astype(np.float64) + 1.0) / 2.0 * span + lo
+
+
+class RandomPointsDataset(Dataset):
+    """Each item: for every image, ``points`` random voxel indices per block and their normalised values."""
+
+    def __init__(self, blocks: list[torch.Tensor], points: int, length: int, seed: int):
+        self.blocks, self.points, self.length = blocks, points, length
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, _):
+        out = []
+        for b in self.blocks:
+            n, v = b.shape
+            if self.points <= 0 or self.points >= v:
+                idx = torch.arange(v).expand(n, v)
+            else:
+                idx = torch.randint(0, v, (n, self.points), generator=self.generator)
+            out.append((idx, torch.gather(b, 1, idx)))
+        return out
+
+
+class BlockDataModule(L.LightningDataModule):
+    """Holds the images, their block layouts and the normalised blocks; subclasses say where images come from."""
+
+    def __init__(self, images: list[Image] | None = None, block_size: list[int] | None = None,
+                 points_per_block: int = 4096, steps_per_epoch: int = 100, seed: int = 0):
+        super().__init__()
+        self._given = images
+        self.block_size = tuple(block_size) if block_size else None
+        self.points_per_block, self.steps_per_epoch, self.seed = points_per_block, steps_per_epoch, seed
+        self.images: list[Image] = []
+        self.layouts: list[BlockLayout] = []
+        self.blocks: list[torch.Tensor] = []  # per image (n_blocks, voxels) in [−1, 1]
+        self.block_ranges: list[np.ndarray] = []  # per image (n_blocks, 2) float32
+
+    def load_images(self) -> list[Image]:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None):
+        if self.images:
+            return
+        self.images = list(self._given) if self._given is not None else self.load_images()
+        for image in self.images:
+            layout = plan_blocks(image.array.shape, self.block_size)
+            norm, ranges = normalise_blocks(split_blocks(image.array, layout))
+            self.layouts.append(layout)
+            self.blocks.append(torch.from_numpy(norm))
+            self.block_ranges.append(ranges)
+
+    def train_dataloader(self):
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        ds = RandomPointsDataset(self.blocks, self.points_per_block, self.steps_per_epoch, self.seed + rank)
+        return DataLoader(ds, batch_size=None, shuffle=False, num_workers=0)
+
+
+def sample_files(names: list[str]) -> list[Path]:
+    """Real DICOM images shipped by the ``pydicom-data`` package (WG04 compression test set)."""
+    from pydicom.data import get_testdata_file
+
+    paths = []
+    for n in names:
+        p = get_testdata_file(n)
+        if p is None:
+            raise MedcompError(f"sample image '{n}' not found: install pydicom-data (make install)")
+        paths.append(Path(p))
+    return paths
+
+
+def center_crop(image: Image, size: int | None) -> Image:
+    if not size:
+        return image
+    a = image.array
+    sl = tuple(slice(max(0, (s - size) // 2), max(0, (s - size) // 2) + min(size, s)) for s in a.shape)
+    return Image(np.ascontiguousarray(a[sl]), image.spacing, dict(image.meta), image.name)
+
+
+class SampleDataModule(BlockDataModule):
+    """The embedded default: centre crops of real CT, MR and CR images from pydicom-data, as 2-D blocks."""
+
+    def __init__(self, files: list[str], crop: int | None = 512, **kwargs):
+        super().__init__(**kwargs)
+        self.files, self.crop = list(files), crop
+
+    def load_images(self):
+        return [center_crop(read_image(p), self.crop) for p in sample_files(self.files)]
+
+
+class VolumeDataModule(BlockDataModule):
+    """Any readable file or DICOM series folder (``data.path``), cut into blocks of ``data.block_size``."""
+
+    def __init__(self, path: str | None = None, key: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.path, self.key = path, key
+
+    def load_images(self):
+        if not self.path:
+            raise MedcompError("data=volume needs data.path=FILE_OR_DIR")
+        return [read_image(os.path.expanduser(str(self.path)), key=self.key)]

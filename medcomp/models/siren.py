@@ -1,0 +1,133 @@
+"""Per-block SIREN codec: every block gets its own small SIREN, fitted by gradient descent (the INR baseline
+of TINC, SCI and UniCompress). Fitting *is* encoding, so the LightningModule builds its networks in ``setup``,
+once it knows the blocks and the rate target, and ``export`` writes one ``.mcz`` per image."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+
+from medcomp.codecs.base import Codec, Target, image_header, register, restore_dtype
+from medcomp.codecs.container import Container
+from medcomp.data.blocks import BlockLayout, merge_blocks
+from medcomp.data.datamodule import denormalise
+from medcomp.data.image import Image
+from medcomp.errors import MedcompError
+from medcomp.nn.siren import BatchedSiren, grid_coordinates, siren_param_count, width_for_budget
+
+WEIGHT_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def siren_container(image: Image, layout: BlockLayout, ranges: np.ndarray, width: int, depth: int, w0: float,
+                    weight_dtype: str, weights: bytes | None = None) -> Container:
+    n_params = siren_param_count(width, depth, len(layout.block))
+    header = {**image_header(image), "layout": layout.to_dict(), "width": width, "depth": depth, "w0": w0,
+              "weight_dtype": weight_dtype}
+    if weights is None:  # a placeholder of the right size, to measure the file before fitting
+        weights = bytes(layout.n_blocks * n_params * np.dtype(WEIGHT_DTYPES[weight_dtype]).itemsize)
+    return Container("siren", header, {"ranges": ranges.astype("<f4").tobytes(), "weights": weights})
+
+
+def solve_width(image: Image, layout: BlockLayout, ranges: np.ndarray, target: Target, depth: int, w0: float,
+                weight_dtype: str) -> int:
+    """Widest SIREN whose whole ``.mcz`` (header, ranges, weights) fits the target bytes."""
+    budget = target.target_bytes(image)
+    itemsize = np.dtype(WEIGHT_DTYPES[weight_dtype]).itemsize
+    fixed = len(siren_container(image, layout, ranges, 1, depth, w0, weight_dtype, b"").to_bytes())
+    width = width_for_budget((budget - fixed) / layout.n_blocks / itemsize, depth, len(layout.block))
+    while width >= 1 and len(siren_container(image, layout, ranges, width, depth, w0, weight_dtype).to_bytes()) > budget:
+        width -= 1
+    if width < 2:
+        raise MedcompError(
+            f"{image.name}: target {target.describe()} leaves no room for a SIREN on {layout.n_blocks} blocks of "
+            f"{layout.block}; lower the ratio or enlarge data.block_size"
+        )
+    return width
+
+
+class SirenCodec(L.LightningModule):
+    def __init__(self, depth: int = 5, w0: float = 30.0, lr: float = 1e-3, weight_dtype: str = "float16",
+                 fit_steps: int = 1500, target: Target | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["target"])
+        if weight_dtype not in WEIGHT_DTYPES:
+            raise MedcompError(f"model.weight_dtype must be one of {list(WEIGHT_DTYPES)}")
+        self.target = target
+        self.nets = torch.nn.ModuleList()
+        self.widths: list[int] = []
+
+    def setup(self, stage=None):
+        if len(self.nets):
+            return
+        dm = self.trainer.datamodule
+        hp = self.hparams
+        for i, (image, layout, ranges) in enumerate(zip(dm.images, dm.layouts, dm.block_ranges)):
+            width = solve_width(image, layout, ranges, self.target, hp.depth, hp.w0, hp.weight_dtype)
+            self.widths.append(width)
+            self.nets.append(BatchedSiren(layout.n_blocks, len(layout.block), width, hp.depth, 1, hp.w0))
+            self.register_buffer(f"coords_{i}", grid_coordinates(layout.block), persistent=False)
+
+    def configure_optimizers(self):
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        steps = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else self.hparams.fit_steps)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=self.hparams.lr * 0.05)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def training_step(self, batch, batch_idx):
+        sse, count = 0.0, 0
+        for i, (net, (idx, values)) in enumerate(zip(self.nets, batch)):
+            coords = getattr(self, f"coords_{i}")[idx]
+            pred = net(coords).squeeze(-1)
+            sse = sse + torch.sum((pred - values) ** 2)
+            count += values.numel()
+        loss = sse / count
+        self.log("train/loss", loss, prog_bar=True)
+        # PSNR of the normalised blocks (range 2): a training signal only; the reported PSNR comes from the file.
+        self.log("train/psnr_norm", 10 * torch.log10(4.0 / loss.detach()), prog_bar=True)
+        return loss
+
+    def export(self) -> list[Container]:
+        """One container per image, weights rounded to ``weight_dtype``."""
+        dm = self.trainer.datamodule
+        out = []
+        for net, width, image, layout, ranges in zip(self.nets, self.widths, dm.images, dm.layouts, dm.block_ranges):
+            flat = net.flat_parameters().detach().cpu().numpy().astype(WEIGHT_DTYPES[self.hparams.weight_dtype])
+            out.append(siren_container(image, layout, ranges, width, self.hparams.depth, self.hparams.w0,
+                                       self.hparams.weight_dtype, flat.astype(flat.dtype.newbyteorder("<")).tobytes()))
+        return out
+
+
+@torch.no_grad()
+def decode_siren(container: Container, chunk: int = 1 << 16) -> np.ndarray:
+    h = container.header
+    layout = BlockLayout.from_dict(h["layout"])
+    dtype = np.dtype(WEIGHT_DTYPES[h["weight_dtype"]]).newbyteorder("<")
+    n, d = layout.n_blocks, len(layout.block)
+    per_net = siren_param_count(h["width"], h["depth"], d)
+    raw = np.frombuffer(container.sections["weights"], dtype=dtype)
+    ranges = np.frombuffer(container.sections["ranges"], dtype="<f4")
+    if raw.size != n * per_net or ranges.size != 2 * n:
+        raise MedcompError("corrupt .mcz: SIREN weights do not match the header")
+    net = BatchedSiren(n, d, h["width"], h["depth"], 1, h["w0"])
+    net.load_flat_parameters(torch.from_numpy(raw.astype(np.float32).reshape(n, per_net)))
+    coords = grid_coordinates(layout.block)
+    values = torch.cat([net(coords[i : i + chunk].expand(n, -1, -1)).squeeze(-1)
+                        for i in range(0, coords.shape[0], chunk)], dim=1)
+    blocks = denormalise(values.numpy(), ranges.reshape(n, 2)).reshape((n,) + layout.block)
+    return restore_dtype(merge_blocks(blocks, layout), h["dtype"])
+
+
+@register("siren")
+class SirenCodecEntry(Codec):
+    """Registry entry: decoding is self-contained; encoding runs the Hydra pipeline (same path as run.py)."""
+
+    name = "siren"
+
+    def encode(self, image: Image, target: Target) -> Container:
+        from medcomp.pipeline import encode_learned
+
+        return encode_learned("siren", image, target)
+
+    def decode(self, container: Container) -> np.ndarray:
+        return decode_siren(container)

@@ -1,0 +1,77 @@
+"""SIREN (Sitzmann et al. 2020), batched so that many independent networks train in one matmul.
+
+Each of ``n_nets`` networks has its own weights; ``forward`` takes coordinates (n_nets, points, in_dim).
+Written by hand because no maintained library ships a *batched* SIREN (one bmm per layer for all blocks),
+which is what makes per-block fitting affordable on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def siren_param_count(width: int, depth: int, in_dim: int, out_dim: int = 1) -> int:
+    """Parameters of one SIREN with ``depth`` linear layers: (L−2)h² + (in+L−1+out)h + out (DESIGN.md)."""
+    return (depth - 2) * width * width + (in_dim + depth - 1 + out_dim) * width + out_dim
+
+
+def width_for_budget(params: float, depth: int, in_dim: int, out_dim: int = 1) -> int:
+    """Largest width whose parameter count fits ``params`` (root of the quadratic above, floored)."""
+    a, b, c = depth - 2, in_dim + depth - 1 + out_dim, out_dim - params
+    h = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a) if a > 0 else -c / b
+    h = int(math.floor(h))
+    while h > 0 and siren_param_count(h, depth, in_dim, out_dim) > params:
+        h -= 1
+    return h
+
+
+class BatchedSiren(nn.Module):
+    def __init__(self, n_nets: int, in_dim: int, width: int, depth: int, out_dim: int = 1, w0: float = 30.0):
+        super().__init__()
+        if depth < 2:
+            raise ValueError("a SIREN needs at least 2 layers")
+        self.w0 = w0
+        dims = [in_dim] + [width] * (depth - 1) + [out_dim]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
+            # SIREN init: first layer U(-1/n, 1/n); later U(-sqrt(6/n)/w0, sqrt(6/n)/w0).
+            bound = 1.0 / fan_in if i == 0 else math.sqrt(6.0 / fan_in) / w0
+            self.weights.append(nn.Parameter(torch.empty(n_nets, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n_nets, 1, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        x = coords
+        last = len(self.weights) - 1
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < last:
+                x = torch.sin(self.w0 * x)
+        return x
+
+    def flat_parameters(self) -> torch.Tensor:
+        """All parameters, per network, in a fixed order: (n_nets, params_per_net)."""
+        parts = []
+        for w, b in zip(self.weights, self.biases):
+            parts += [w.reshape(w.shape[0], -1), b.reshape(b.shape[0], -1)]
+        return torch.cat(parts, dim=1)
+
+    @torch.no_grad()
+    def load_flat_parameters(self, flat: torch.Tensor) -> None:
+        pos = 0
+        for w, b in zip(self.weights, self.biases):
+            for p in (w, b):
+                n = p[0].numel()
+                p.copy_(flat[:, pos : pos + n].reshape(p.shape))
+                pos += n
+        if pos != flat.shape[1]:
+            raise ValueError(f"expected {pos} parameters per network, got {flat.shape[1]}")
+
+
+def grid_coordinates(block: tuple[int, ...]) -> torch.Tensor:
+    """Coordinates of every voxel of a block in [−1, 1]^d, row-major: (prod(block), d)."""
+    axes = [torch.linspace(-1.0, 1.0, n) if n > 1 else torch.zeros(1) for n in block]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(block))

@@ -1,0 +1,188 @@
+"""The task behind ``run.py`` and the learned-codec path of ``medcomp compress``.
+
+fit the configured model on the configured data → write one ``.mcz`` per image → decode each file → metrics from
+the file's bytes → the same for the classical baselines at the same target → metrics.json, figures, W&B, summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from medcomp.codecs.base import Target, decode_container, get_codec
+from medcomp.codecs.container import Container
+from medcomp.data.image import Image
+from medcomp.metrics import bits_per_pixel, compression_ratio, psnr, ssim
+from medcomp.utils.atomic import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger("medcomp")
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def target_from_cfg(compression: DictConfig) -> Target:
+    return Target(ratio=compression.get("ratio"), bpp=compression.get("bpp"))
+
+
+def evaluate(image: Image, container: Container, codec: str, encode_s: float, target: Target) -> tuple[dict, Image]:
+    """Metrics of one compressed image, everything measured on the bytes a decoder would read."""
+    data = container.to_bytes()
+    t0 = time.perf_counter()
+    decoded = decode_container(Container.from_bytes(data))
+    decode_s = time.perf_counter() - t0
+    row = {
+        "codec": codec, "image": image.name, "shape": list(image.array.shape), "dtype": image.array.dtype.name,
+        "original_bytes": image.nbytes, "file_bytes": len(data),
+        "ratio_target": target.ratio_for(image), "ratio_actual": compression_ratio(image.nbytes, len(data)),
+        "bpp": bits_per_pixel(len(data), image.array.size),
+        "psnr": psnr(image.array, decoded.array), "ssim": ssim(image.array, decoded.array),
+        "encode_s": encode_s, "decode_s": decode_s,
+    }
+    return row, decoded
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One line per codec: ratio from summed bytes, quality averaged over images, times summed."""
+    out = []
+    for codec in dict.fromkeys(r["codec"] for r in rows):
+        rs = [r for r in rows if r["codec"] == codec]
+        orig, file = sum(r["original_bytes"] for r in rs), sum(r["file_bytes"] for r in rs)
+        n_pix = sum(int(np.prod(r["shape"])) for r in rs)
+        out.append({
+            "codec": codec, "images": len(rs),
+            "ratio_target": float(np.mean([r["ratio_target"] for r in rs])),
+            "ratio_actual": compression_ratio(orig, file), "bpp": bits_per_pixel(file, n_pix),
+            "psnr": float(np.mean([r["psnr"] for r in rs])), "ssim": float(np.mean([r["ssim"] for r in rs])),
+            "encode_s": float(sum(r["encode_s"] for r in rs)), "decode_s": float(sum(r["decode_s"] for r in rs)),
+        })
+    return out
+
+
+def fit_model(cfg: DictConfig, images: list[Image] | None = None, loggers: list | None = None):
+    """Instantiate data, model and trainer from the config and fit. Returns (model, datamodule, trainer, seconds)."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    target = target_from_cfg(cfg.compression)
+    dm = instantiate(cfg.data, images=images) if images is not None else instantiate(cfg.data)
+    model = instantiate(cfg.model, _partial_=True)(target=target)  # a real Target object, not a DictConfig
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=dm)
+    return model, dm, trainer, time.perf_counter() - t0
+
+
+def encode_learned(model_name: str, image: Image, target: Target, overrides: list[str] | None = None) -> Container:
+    """Encode one image with a learned codec through the same configs and code as run.py."""
+    cfg = compose([f"model={model_name}", "data=volume", "logger=none", "callbacks=none",
+                   *(["compression.ratio=" + str(target.ratio), "compression.bpp=null"] if target.ratio
+                     else ["compression.bpp=" + str(target.bpp), "compression.ratio=null"]),
+                   "paths.output_dir=" + str(Path.cwd() / ".medcomp_tmp"), *(overrides or [])])
+    model, _, _, _ = fit_model(cfg, images=[image])
+    return model.export()[0]
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def run_experiment(cfg: DictConfig) -> dict:
+    """The whole run. Returns the metrics dict that is also written to ``metrics.json``."""
+    from hydra.utils import instantiate
+
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = target_from_cfg(cfg.compression)
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
+    config_plain = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(config_plain)
+
+    model, dm, trainer, fit_s = fit_model(cfg, loggers=loggers)
+    if not trainer.is_global_zero:  # under DDP only rank zero writes files and logs results
+        return {}
+
+    rows, figures, mcz_files = [], [], []
+    containers = model.export()
+    total_vox = sum(im.array.size for im in dm.images)
+    for image, container in zip(dm.images, containers):
+        # The fit trains every image's networks at once; its time is shared out by voxel count.
+        row, decoded = evaluate(image, container, cfg.model_name, fit_s * image.array.size / total_vox, target)
+        mcz_files.append(_write_mcz(out, image, cfg.model_name, container))
+        figures.append(_figure(out, image, decoded, row))
+        rows.append(row)
+    for name in cfg.get("baselines") or []:
+        codec = get_codec(name)
+        for image in dm.images:
+            t0 = time.perf_counter()
+            container = codec.encode(image, target)
+            row, decoded = evaluate(image, container, name, time.perf_counter() - t0, target)
+            mcz_files.append(_write_mcz(out, image, name, container))
+            figures.append(_figure(out, image, decoded, row))
+            rows.append(row)
+
+    summary = aggregate(rows)
+    metrics = {
+        "task_name": cfg.task_name, "model": cfg.model_name, "data": cfg.data_name, "compression": cfg.compression.name,
+        "summary": {r["codec"]: r for r in summary}, "images": rows,
+        "files": [str(p.relative_to(out)) for p in mcz_files],
+        "machine": {"node": platform.node(), "python": platform.python_version(), "cpu_count": _cpus()},
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    _log_results(loggers, summary, rows, figures, mcz_files, cfg)
+    from medcomp.utils.report import summary_table
+
+    print(summary_table(summary, title=f"{cfg.model_name} on {cfg.data_name}, target {target.describe()}"))
+    print(f"outputs: {out}")
+    return metrics
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _write_mcz(out: Path, image: Image, codec: str, container: Container) -> Path:
+    path = out / "mcz" / f"{image.name}.{codec}.mcz"
+    atomic_write_bytes(path, container.to_bytes())
+    return path
+
+
+def _figure(out: Path, image: Image, decoded: Image, row: dict) -> Path:
+    from medcomp.utils.report import reconstruction_figure
+
+    title = f"{image.name} · {row['codec']} · CR {row['ratio_actual']:.1f} · {row['psnr']:.2f} dB · SSIM {row['ssim']:.4f}"
+    return reconstruction_figure(image.array, decoded.array, title, out / "recon" / f"{image.name}.{row['codec']}.png")
+
+
+def _log_results(loggers, summary, rows, figures, mcz_files, cfg):
+    for lg in loggers:
+        flat = {f"{r['codec']}/{k}": r[k] for r in summary for k in
+                ("ratio_target", "ratio_actual", "bpp", "psnr", "ssim", "encode_s", "decode_s")}
+        lg.log_metrics(flat)
+        if type(lg).__name__ == "WandbLogger":
+            import wandb
+
+            run = lg.experiment
+            run.log({"reconstructions": [wandb.Image(str(p), caption=p.stem) for p in figures]})
+            cols = ["codec", "image", "ratio_target", "ratio_actual", "bpp", "psnr", "ssim", "encode_s", "decode_s"]
+            run.log({"rd_points": wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows])})
+            art = wandb.Artifact(f"mcz-{cfg.task_name}-{run.id}", type="compressed-images")
+            for p in mcz_files:
+                art.add_file(str(p))
+            run.log_artifact(art)
+        lg.save()

@@ -1,0 +1,41 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+
+
+def shared_data() -> Path | None:
+    p = Path(os.environ.get("MEDCOMP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    return p if p.is_dir() else None
+
+
+@pytest.fixture
+def shared():
+    p = shared_data()
+    if p is None:
+        pytest.skip("../shared/data is not present on this machine")
+    return p
+
+
+def smooth_volume(shape=(12, 40, 36), dtype=np.int16, lo=-1000, hi=1500, seed=0) -> np.ndarray:
+    """A CT-like test volume: smooth structures plus mild noise, in HU-like stored units."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    r2 = sum(g**2 for g in grids)
+    v = np.exp(-3 * r2) + 0.3 * np.sin(4 * grids[-1]) * np.cos(3 * grids[-2]) + 0.02 * rng.standard_normal(shape)
+    v = (v - v.min()) / (v.max() - v.min())
+    return (lo + v * (hi - lo)).astype(dtype)
+
+
+def run_cli(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """The CLI in a separate process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "medcomp.cli", *map(str, args)], cwd=cwd or ROOT,
+                          capture_output=True, text=True, timeout=timeout)
