@@ -56,7 +56,7 @@ def _compress_learned(args, target):
                [f"compression.bpp={target.bpp}", "compression.ratio=null"]
         cfg = compose([f"model={args.codec}", "data=volume", f"data.path={Path(args.input).resolve()}",
                        f"data.key={args.key}" if args.key else "data.key=null", "logger=none", "callbacks=none",
-                       "baselines=[]", f"paths.output_dir={tmp}", "trainer.enable_progress_bar=false",
+                       "baselines=[]", f"paths.output_dir={tmp}",
                        f"compression.name={target.describe()}", *rate, *args.override])
         model, _, _, _ = fit_model(cfg)
         return model.export()[0]

@@ -46,7 +46,7 @@ def test_ssim_volume_is_mean_over_axial_slices():
         y = torch.from_numpy(b[i].astype(np.float64))[None, None]
         per_slice.append(float(structural_similarity_index_measure(y, x, data_range=float(a.max() - a.min()))))
     assert ssim(a, b) == pytest.approx(np.mean(per_slice))
-    assert per_slice[0] == pytest.approx(1.0) and per_slice[1] < 0.9
+    assert per_slice[0] == pytest.approx(1.0) and per_slice[1] < 0.99
 
 
 def test_ratio_and_bpp_from_bytes():

@@ -1,13 +1,16 @@
 """Video codecs through PyAV: H.264 (x264, 10-bit gray) and HEVC (x265, 12-bit gray).
 
 A volume is a sequence of frames along axis 0; a 2-D image is one frame. Frames are padded to a multiple of 8
-(edge-replicated, cropped after decoding) and coded as a raw Annex-B stream: no MP4 box overhead in the file.
-The knob is CRF (float), searched by bisection to meet the rate target.
+and at least 64 pixels (edge-replicated, cropped after decoding: libx265 corrupts its heap on 12-bit gray frames
+narrower than 64) and coded as a raw Annex-B stream: no MP4 box overhead in the file. SEI NAL units (the encoders'
+version/options text, ~700 bytes for x264) are dropped: decoders do not need them. The knob is CRF (float),
+searched by bisection to meet the rate target.
 """
 
 from __future__ import annotations
 
 import fractions
+import re
 
 import numpy as np
 
@@ -17,12 +20,33 @@ from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
 from medcomp.errors import CorruptFileError
 
-PAD = 8
+PAD, MIN_SIDE = 8, 64
+START_CODE = re.compile(b"\x00\x00\x01")
+
+
+def _padded(n: int) -> int:
+    return max(MIN_SIDE, -(-n // PAD) * PAD)
+
+
+def drop_nal_units(stream: bytes, is_dropped) -> bytes:
+    """Remove the NAL units whose header byte ``is_dropped`` flags from an Annex-B stream."""
+    starts = [m.end() for m in START_CODE.finditer(stream)]
+    kept = []
+    for i, start in enumerate(starts):
+        end = starts[i + 1] - 3 if i + 1 < len(starts) else len(stream)
+        nal = stream[start:end].rstrip(b"\x00") if i + 1 < len(starts) else stream[start:end]
+        if nal and not is_dropped(nal[0]):
+            kept.append(b"\x00\x00\x00\x01" + nal)
+    return b"".join(kept)
 
 
 class VideoCodec(Codec):
     encoder, decoder, pix_fmt, bits = "", "", "", 8
     crf_lo, crf_hi = 0.0, 51.0
+
+    @staticmethod
+    def is_sei(nal_header: int) -> bool:
+        raise NotImplementedError
 
     def _options(self, crf: float) -> dict:
         return {"crf": f"{crf:.3f}", "preset": "medium"}
@@ -41,13 +65,13 @@ class VideoCodec(Codec):
             vf.pts = i
             packets += ctx.encode(vf)
         packets += ctx.encode(None)
-        return b"".join(bytes(p) for p in packets)
+        return drop_nal_units(b"".join(bytes(p) for p in packets), self.is_sei)
 
     def encode(self, image: Image, target: Target) -> Container:
         coded, mapping = to_unsigned(image.array, self.bits)
         frames = coded if coded.ndim == 3 else coded[None]
         h, w = frames.shape[1:]
-        ph, pw = (-h) % PAD, (-w) % PAD
+        ph, pw = _padded(h) - h, _padded(w) - w
         frames = np.pad(frames, ((0, 0), (0, ph), (0, pw)), mode="edge")
         header = {**image_header(image), "mapping": mapping, "frames": int(frames.shape[0]), "coded_hw": [h + ph, w + pw]}
 
@@ -89,10 +113,18 @@ class VideoCodec(Codec):
 class H264(VideoCodec):
     name, encoder, decoder, pix_fmt, bits = "h264", "libx264", "h264", "gray10le", 10
 
+    @staticmethod
+    def is_sei(nal_header):
+        return nal_header & 0x1F == 6
+
 
 @register("hevc")
 class HEVC(VideoCodec):
     name, encoder, decoder, pix_fmt, bits = "hevc", "libx265", "hevc", "gray12le", 12
+
+    @staticmethod
+    def is_sei(nal_header):
+        return (nal_header >> 1) & 0x3F in (39, 40)
 
     def _options(self, crf):
         return {**super()._options(crf), "x265-params": "log-level=error"}

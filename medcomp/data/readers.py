@@ -35,8 +35,8 @@ def read_image(path: str | os.PathLike, key: str | None = None) -> Image:
     Every failure is a :class:`MedcompError` whose message starts with the path.
     """
     text = os.fspath(path)
-    if key is None and ":" in Path(text).name and not Path(text).exists():
-        text, key = text.rsplit(":", 1)
+    if key is None and ":" in text and not Path(text).exists() and Path(text.rsplit(":", 1)[0]).is_file():
+        text, key = text.rsplit(":", 1)  # file.h5:volumes/raw
     path = Path(text)
     if not path.exists():
         raise MedcompError(f"{path}: no such file or directory")

@@ -1,0 +1,108 @@
+"""The CLI in separate processes: compress, then decompress elsewhere; info; corruption; bad input."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medcomp.data.readers import read_image
+from medcomp.metrics import psnr
+from tests.conftest import run_cli, smooth_volume
+
+
+@pytest.fixture
+def ct_nifti(tmp_path):
+    vol = smooth_volume((10, 48, 52))
+    nib.save(nib.Nifti1Image(vol.T.copy(), np.diag([0.8, 0.8, 2.0, 1.0])), tmp_path / "ct.nii.gz")
+    return tmp_path / "ct.nii.gz", vol
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("codec", ["jpeg2000", "hevc"])
+def test_compress_decompress_info_round_trip(tmp_path, ct_nifti, codec):
+    src, vol = ct_nifti
+    r = run_cli("compress", src, tmp_path / "a.mcz", "--codec", codec, "--ratio", 20)
+    assert r.returncode == 0, r.stderr
+    reported = last_json(r.stdout)
+    r = run_cli("decompress", tmp_path / "a.mcz", tmp_path / "a.nii.gz")
+    assert r.returncode == 0, r.stderr
+    decoded = read_image(tmp_path / "a.nii.gz")
+    assert decoded.array.dtype == vol.dtype and decoded.spacing == pytest.approx((2.0, 0.8, 0.8))
+    assert psnr(vol, decoded.array) == pytest.approx(reported["psnr"], abs=0.01)
+    info = json.loads(run_cli("info", tmp_path / "a.mcz").stdout)
+    size = (tmp_path / "a.mcz").stat().st_size
+    assert info["bytes"] == size and info["codec"] == codec
+    assert info["ratio"] == pytest.approx(vol.nbytes / size) == pytest.approx(reported["ratio_actual"])
+    assert info["ratio"] == pytest.approx(20, rel=0.05)
+
+
+def test_siren_cli_same_numbers_in_another_process(tmp_path, ct_nifti):
+    src, vol = ct_nifti
+    r = run_cli("compress", src, tmp_path / "s.mcz", "--codec", "siren", "--ratio", 16,
+                "-o", "model.fit_steps=100", "-o", "data.block_size=[10,24,26]")
+    assert r.returncode == 0, r.stderr[-2000:]
+    reported = last_json(r.stdout)
+    assert run_cli("decompress", tmp_path / "s.mcz", tmp_path / "s.npy").returncode == 0
+    decoded = np.load(tmp_path / "s.npy")
+    assert psnr(vol, decoded) == pytest.approx(reported["psnr"], abs=0.01)
+    assert vol.nbytes / (tmp_path / "s.mcz").stat().st_size == pytest.approx(reported["ratio_actual"])
+    assert reported["ratio_actual"] >= 16
+
+
+def test_flipped_byte_fails_and_writes_nothing(tmp_path, ct_nifti):
+    src, _ = ct_nifti
+    assert run_cli("compress", src, tmp_path / "a.mcz", "--codec", "jpeg2000", "--ratio", 20).returncode == 0
+    data = bytearray((tmp_path / "a.mcz").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (tmp_path / "bad.mcz").write_bytes(bytes(data))
+    r = run_cli("decompress", tmp_path / "bad.mcz", tmp_path / "out.nii.gz")
+    assert r.returncode == 2
+    assert "corrupt" in r.stderr and "bad.mcz" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.nii.gz").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated_nifti", "nan", "4d"])
+def test_bad_input_one_line_exit_2_no_output(tmp_path, ct_nifti, case):
+    src, _ = ct_nifti
+    if case == "missing":
+        bad = tmp_path / "nope.nii.gz"
+    elif case == "truncated_nifti":
+        bad = tmp_path / "t.nii.gz"
+        bad.write_bytes(src.read_bytes()[:200])
+    elif case == "nan":
+        bad = tmp_path / "nan.npy"
+        a = np.ones((16, 16), np.float32)
+        a[0, 0] = np.inf
+        np.save(bad, a)
+    else:
+        bad = tmp_path / "4d.npy"
+        np.save(bad, np.zeros((2, 2, 8, 8), np.int16))
+    r = run_cli("compress", bad, tmp_path / "o.mcz", "--codec", "jpeg2000", "--ratio", 10)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medcomp: error: ") and bad.name in lines[0]
+    assert not (tmp_path / "o.mcz").exists()
+
+
+def test_png_output_refuses_signed_data(tmp_path, ct_nifti):
+    src, _ = ct_nifti
+    run_cli("compress", src, tmp_path / "a.mcz", "--codec", "jpeg2000", "--ratio", 10)
+    r = run_cli("decompress", tmp_path / "a.mcz", tmp_path / "a.png")
+    assert r.returncode == 2 and "PNG" in r.stderr
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_bench_rd_writes_json_and_plot(tmp_path, ct_nifti):
+    src, _ = ct_nifti
+    r = run_cli("bench", "rd", "--input", src, "--codecs", "jpeg2000", "hevc", "--ratios", 8, 16, 32, 64,
+                "--reference", "jpeg2000", "--name", "t", "--out-dir", tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "t.json").read_text())
+    assert set(res["curves"]) == {"jpeg2000", "hevc"} and len(res["curves"]["hevc"]) == 4
+    assert "bd_rate" in res["bd_vs_reference"]["hevc"] and res["command"]
+    assert (tmp_path / "t.png").stat().st_size > 1000

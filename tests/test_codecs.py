@@ -1,0 +1,79 @@
+"""Every codec round-trips 16-bit data through a real .mcz file at a requested rate."""
+
+import numpy as np
+import pytest
+
+from medcomp.codecs.base import Target, decode_container, get_codec, search_knob
+from medcomp.codecs.container import Container
+from medcomp.codecs.mapping import from_unsigned, to_unsigned
+from medcomp.data.image import Image
+from medcomp.metrics import psnr
+from tests.conftest import smooth_volume
+
+CT = Image(smooth_volume((64, 72), dtype=np.int16, lo=-1024, hi=3000), (0.7, 0.7), name="ct")
+CR16 = Image(smooth_volume((64, 64), dtype=np.uint16, lo=100, hi=60000, seed=3), None, name="cr16")
+VOL = Image(smooth_volume((6, 40, 44), dtype=np.int16), (2.0, 0.8, 0.8), name="vol")
+
+
+def round_trip(codec_name, image, target):
+    container = get_codec(codec_name).encode(image, target)
+    data = container.to_bytes()
+    decoded = decode_container(Container.from_bytes(data))
+    return data, decoded
+
+
+@pytest.mark.parametrize("codec", ["jpeg2000", "jpegxl", "h264", "hevc"])
+@pytest.mark.parametrize("image", [CT, CR16, VOL], ids=lambda im: im.name)
+def test_rate_controlled_codecs_hit_the_ratio(codec, image):
+    data, decoded = round_trip(codec, image, Target(ratio=12))
+    assert decoded.array.dtype == image.array.dtype and decoded.array.shape == image.array.shape
+    assert image.nbytes / len(data) == pytest.approx(12, rel=0.08)
+    assert psnr(image.array, decoded.array) > 30
+    if image.spacing:
+        assert decoded.spacing == image.spacing
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "jpegls"])
+def test_limited_range_codecs_round_trip(codec):
+    data, decoded = round_trip(codec, CT, Target(ratio=6))
+    assert decoded.array.dtype == np.int16
+    assert image_ratio(CT, data) > 2
+    assert psnr(CT.array, decoded.array) > 35
+
+
+def image_ratio(image, data):
+    return image.nbytes / len(data)
+
+
+def test_jpegls_near_zero_is_lossless():
+    codec = get_codec("jpegls")
+    coded, mapping = to_unsigned(CT.array, 16)
+    c = codec._container(CT, coded, mapping, 0)
+    np.testing.assert_array_equal(decode_container(Container.from_bytes(c.to_bytes())).array, CT.array)
+
+
+def test_bpp_target():
+    data, _ = round_trip("jpeg2000", CT, Target(bpp=1.0))
+    assert 8 * len(data) / CT.array.size == pytest.approx(1.0, rel=0.08)
+
+
+def test_mapping_is_exact_for_integer_data_that_fits():
+    coded, mapping = to_unsigned(CT.array, 16)
+    assert mapping["scale"] == 1.0
+    np.testing.assert_array_equal(from_unsigned(coded, mapping), CT.array)
+    coded12, mapping12 = to_unsigned(CR16.array, 12)
+    assert coded12.max() <= 4095 and mapping12["scale"] > 1
+    assert np.abs(from_unsigned(coded12, mapping12) - CR16.array).max() <= mapping12["scale"] / 2 + 1e-9
+
+
+def test_search_knob_finds_closest():
+    sizes = lambda k: int(1000 * k)  # noqa: E731
+    assert search_knob(sizes, 4321, 0.0, 10.0, increasing=True) == pytest.approx(4.321, abs=0.01)
+    assert search_knob(lambda k: 100 - k, 60, 0, 100, increasing=False, integer=True) == 40
+
+
+def test_unknown_codec():
+    from medcomp.errors import MedcompError
+
+    with pytest.raises(MedcompError, match="unknown codec 'webp'"):
+        get_codec("webp")
