@@ -45,7 +45,7 @@ def test_volume_limit_run_fits_and_improves(tmp_path):
     vol = smooth_volume((16, 40, 40))
     np.save(tmp_path / "v.npy", vol)
     r = run_py("data=volume", f"data.path={tmp_path / 'v.npy'}", "data.block_size=[16,20,20]", "compression.ratio=16",
-               "debug=limit", "model.fit_steps=150", "logger=csv", "baselines=[]", f"paths.log_dir={tmp_path / 'logs'}")
+               "debug=limit", "model.fit_steps=150", "model.depth=3", "logger=csv", "baselines=[]", f"paths.log_dir={tmp_path / 'logs'}")
     assert r.returncode == 0, r.stderr[-3000:]
     out = only_dir(tmp_path / "logs" / "run" / "runs")
     m = json.loads((out / "metrics.json").read_text())["summary"]["siren"]
