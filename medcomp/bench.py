@@ -23,11 +23,25 @@ def bd_metrics(ref: list[dict], test: list[dict]) -> dict:
         return {"bd_rate": None, "bd_psnr": None, "note": "BD metrics need at least 4 RD points per codec"}
     r = sorted(ref, key=lambda p: p["bpp"])
     t = sorted(test, key=lambda p: p["bpp"])
+    # The integral runs over the overlap of the two curves' PSNR (BD-rate) and log-rate (BD-PSNR) ranges;
+    # below 75 % overlap it is an extrapolation, so it is refused rather than reported.
+    overlap = min(_overlap([p["psnr"] for p in r], [p["psnr"] for p in t]),
+                  _overlap(np.log([p["bpp"] for p in r]), np.log([p["bpp"] for p in t])))
+    if overlap < 0.75:
+        return {"bd_rate": None, "bd_psnr": None, "note": f"curves overlap {overlap:.0%} (< 75 %): not comparable"}
     args = ([p["bpp"] for p in r], [p["psnr"] for p in r], [p["bpp"] for p in t], [p["psnr"] for p in t])
     try:
-        return {"bd_rate": float(bd.bd_rate(*args, method="akima")), "bd_psnr": float(bd.bd_psnr(*args, method="akima"))}
+        return {"bd_rate": float(bd.bd_rate(*args, method="akima", min_overlap=0)),
+                "bd_psnr": float(bd.bd_psnr(*args, method="akima", min_overlap=0)), "overlap": overlap}
     except (ValueError, AssertionError, ZeroDivisionError) as exc:  # non-monotone curves (e.g. a saturated codec)
         return {"bd_rate": None, "bd_psnr": None, "note": f"not computable: {exc}"}
+
+
+def _overlap(a, b) -> float:
+    """Overlap of two value ranges, as a fraction of the smaller range."""
+    lo, hi = max(min(a), min(b)), min(max(a), max(b))
+    span = min(max(a) - min(a), max(b) - min(b))
+    return max(0.0, hi - lo) / span if span > 0 else 0.0
 
 
 def rd_benchmark(inputs, codecs, ratios=None, bpps=None, reference="jpeg2000", name="rd",
@@ -82,6 +96,7 @@ def _plot(curves: dict, path: Path, title: str):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for codec, curve in curves.items():
@@ -92,6 +107,8 @@ def _plot(curves: dict, path: Path, title: str):
         ax.set_xlabel("bits per pixel (file bytes)")
         ax.set_ylabel(ylabel)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(title)

@@ -106,3 +106,15 @@ def test_bench_rd_writes_json_and_plot(tmp_path, ct_nifti):
     assert set(res["curves"]) == {"jpeg2000", "hevc"} and len(res["curves"]["hevc"]) == 4
     assert "bd_rate" in res["bd_vs_reference"]["hevc"] and res["command"]
     assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+def test_bd_metrics_known_shift_and_refusal():
+    from medcomp.bench import bd_metrics
+
+    ref = [{"bpp": b, "psnr": 30 + 10 * __import__("math").log10(b)} for b in (0.25, 0.5, 1, 2)]
+    better = [{"bpp": p["bpp"], "psnr": p["psnr"] + 1.0} for p in ref]
+    res = bd_metrics(ref, better)
+    assert res["bd_psnr"] == pytest.approx(1.0, abs=1e-6)
+    assert res["bd_rate"] == pytest.approx((10 ** (-1 / 10) - 1) * 100, abs=0.5)  # 1 dB at 10 dB/decade
+    far = [{"bpp": p["bpp"] * 100, "psnr": p["psnr"] + 40} for p in ref]
+    assert bd_metrics(ref, far)["bd_rate"] is None

@@ -41,7 +41,7 @@ def test_defaults_and_instantiation(tmp_path):
     cbs = [instantiate(c) for c in cfg.callbacks.values()]
     assert {type(c).__name__ for c in cbs} == {"ModelCheckpoint", "TQDMProgressBar"}
     dm = instantiate(cfg.data)
-    assert type(dm).__name__ == "SampleDataModule" and dm.block_size == (256, 256)
+    assert type(dm).__name__ == "SampleDataModule" and dm.default_block[2] == (256, 256)
 
 
 def test_compression_override_reaches_model(tmp_path):

@@ -63,10 +63,18 @@ class BlockDataModule(L.LightningDataModule):
     """Holds the images, their block layouts and the normalised blocks; subclasses say where images come from."""
 
     def __init__(self, images: list[Image] | None = None, block_size: list[int] | None = None,
-                 points_per_block: int = 4096, steps_per_epoch: int = 100, seed: int = 0):
+                 block_size_2d: list[int] = (256, 256), block_size_3d: list[int] = (32, 32, 32),
+                 normalise: str = "block", points_per_block: int = 4096, steps_per_epoch: int = 100, seed: int = 0):
+        """``block_size`` fixes the block shape; when it is null, ``block_size_2d``/``_3d`` apply by the image's
+        dimensionality. ``normalise``: "block" maps each block's own min/max to [−1, 1] (per-block INRs);
+        "image" uses the image's min/max for all its blocks (one network shared by many blocks)."""
         super().__init__()
+        if normalise not in ("block", "image"):
+            raise MedcompError(f"data.normalise must be 'block' or 'image', got '{normalise}'")
         self._given = images
         self.block_size = tuple(block_size) if block_size else None
+        self.default_block = {2: tuple(block_size_2d), 3: tuple(block_size_3d)}
+        self.normalise = normalise
         self.points_per_block, self.steps_per_epoch, self.seed = points_per_block, steps_per_epoch, seed
         self.images: list[Image] = []
         self.layouts: list[BlockLayout] = []
@@ -81,8 +89,14 @@ class BlockDataModule(L.LightningDataModule):
             return
         self.images = list(self._given) if self._given is not None else self.load_images()
         for image in self.images:
-            layout = plan_blocks(image.array.shape, self.block_size)
-            norm, ranges = normalise_blocks(split_blocks(image.array, layout))
+            layout = plan_blocks(image.array.shape, self.block_size or self.default_block[image.ndim])
+            blocks = split_blocks(image.array, layout)
+            if self.normalise == "image":
+                lo, hi = np.float32(image.array.min()), np.float32(image.array.max())
+                ranges = np.tile(np.array([[lo, hi]], dtype=np.float32), (layout.n_blocks, 1))
+                norm = normalise_with(blocks.reshape(layout.n_blocks, -1).astype(np.float64), ranges)
+            else:
+                norm, ranges = normalise_blocks(blocks)
             self.layouts.append(layout)
             self.blocks.append(torch.from_numpy(norm))
             self.block_ranges.append(ranges)
