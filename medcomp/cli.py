@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from medcomp.errors import MedcompError
-
-LEARNED = {"siren"}
+from medcomp.pipeline import LEARNED_CODECS as LEARNED  # noqa: E402
 
 
 def _target(args):
@@ -34,7 +32,9 @@ def cmd_compress(args) -> int:
     image = read_image(args.input, key=args.key)
     t0 = time.perf_counter()
     if args.codec in LEARNED:
-        container = _compress_learned(args, target)
+        from medcomp.pipeline import encode_learned
+
+        container = encode_learned(args.codec, image, target, args.override)
     else:
         if args.override:
             raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(LEARNED))}), not '{args.codec}'")
@@ -45,21 +45,6 @@ def cmd_compress(args) -> int:
     keys = ("codec", "ratio_target", "ratio_actual", "bpp", "psnr", "ssim", "encode_s", "decode_s", "file_bytes")
     print(json.dumps({k: row[k] for k in keys}))
     return 0
-
-
-def _compress_learned(args, target):
-    """Same configs and code as run.py: compose model=<codec> data=volume data.path=IN, fit, export."""
-    from medcomp.pipeline import compose, fit_model
-
-    with tempfile.TemporaryDirectory(prefix="medcomp-") as tmp:
-        rate = [f"compression.ratio={target.ratio}", "compression.bpp=null"] if target.ratio else \
-               [f"compression.bpp={target.bpp}", "compression.ratio=null"]
-        cfg = compose([f"model={args.codec}", "data=volume", f"data.path={Path(args.input).resolve()}",
-                       f"data.key={args.key}" if args.key else "data.key=null", "logger=none", "callbacks=none",
-                       "baselines=[]", f"paths.output_dir={tmp}",
-                       f"compression.name={target.describe()}", *rate, *args.override])
-        model, _, _, _ = fit_model(cfg)
-        return model.export()[0]
 
 
 def cmd_decompress(args) -> int:

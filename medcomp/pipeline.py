@@ -71,29 +71,61 @@ def fit_model(cfg: DictConfig, images: list[Image] | None = None, loggers: list 
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     target = target_from_cfg(cfg.compression)
-    dm = instantiate(cfg.data, images=images) if images is not None else instantiate(cfg.data)
-    model = instantiate(cfg.model, _partial_=True)(target=target)  # a real Target object, not a DictConfig
+    # _partial_: real Image objects must not be turned into DictConfigs by instantiate
+    dm = instantiate(cfg.data, _partial_=True)(images=images) if images is not None else instantiate(cfg.data)
+    # _convert_="all": plain lists/dicts in hparams, so checkpoints load with torch.load(weights_only=True)
+    model = instantiate(cfg.model, _partial_=True, _convert_="all")(target=target)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
-    return model, dm, trainer, time.perf_counter() - t0
+    fit_s = time.perf_counter() - t0
+    if not trainer.fast_dev_run and cfg.get("save_final_checkpoint", True):
+        # The fitted model, for a later stage (e.g. the UniCompress teacher a student distils from).
+        trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt", weights_only=False)
+    return model, dm, trainer, fit_s
+
+
+LEARNED_CODECS = {"siren", "unicompress"}
+
+
+def _learned_overrides(cfg: DictConfig) -> list[str]:
+    out = []
+    if cfg.trainer.get("fast_dev_run"):
+        out.append("+trainer.fast_dev_run=true")
+    for key in ("accelerator", "devices"):
+        out.append(f"trainer.{key}={cfg.trainer.get(key)}")
+    return out
 
 
 def encode_learned(model_name: str, image: Image, target: Target, overrides: list[str] | None = None) -> Container:
-    """Encode one image with a learned codec through the same configs and code as run.py."""
-    cfg = compose([f"model={model_name}", "data=volume", "logger=none", "callbacks=none",
-                   *(["compression.ratio=" + str(target.ratio), "compression.bpp=null"] if target.ratio
-                     else ["compression.bpp=" + str(target.bpp), "compression.ratio=null"]),
-                   "paths.output_dir=" + str(Path.cwd() / ".medcomp_tmp"), *(overrides or [])])
-    model, _, _, _ = fit_model(cfg, images=[image])
-    return model.export()[0]
+    """Encode one image with a learned codec through the same configs and code as run.py
+    (``model=<name> data=volume``, the image handed to the data module; ``overrides`` as on run.py's command line)."""
+    import tempfile
+
+    rate = ([f"compression.ratio={target.ratio}", "compression.bpp=null"] if target.ratio is not None
+            else [f"compression.bpp={target.bpp}", "compression.ratio=null"])
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # one image of a larger run: no repeated "GPU available" banners
+    try:
+        with tempfile.TemporaryDirectory(prefix="medcomp-") as tmp:
+            cfg = compose([f"model={model_name}", "data=volume", "logger=none", "callbacks=none", "baselines=[]",
+                           f"compression.name={target.describe()}", *rate, f"paths.output_dir={tmp}",
+                           "+save_final_checkpoint=false", *(overrides or [])])
+            model, _, _, _ = fit_model(cfg, images=[image])
+            return model.export()[0]
+    finally:
+        quiet.setLevel(level)
 
 
 def compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():  # inside run.py (a learned baseline): Hydra already has conf/
+        return hydra_compose(config_name="config", overrides=overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
 
@@ -113,6 +145,13 @@ def run_experiment(cfg: DictConfig) -> dict:
     model, dm, trainer, fit_s = fit_model(cfg, loggers=loggers)
     if not trainer.is_global_zero:  # under DDP only rank zero writes files and logs results
         return {}
+    if not getattr(model, "is_codec", True):  # e.g. feature pretraining: its product is a checkpoint
+        saved = model.export()
+        metrics = {"task_name": cfg.task_name, "model": cfg.model_name, "data": cfg.data_name, "fit_s": fit_s,
+                   "checkpoint": str(saved), **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+        atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+        print(f"saved {saved}  ({fit_s:.0f} s)")
+        return metrics
 
     rows, figures, mcz_files = [], [], []
     containers = model.export()
@@ -120,6 +159,7 @@ def run_experiment(cfg: DictConfig) -> dict:
     for image, container in zip(dm.images, containers):
         # The fit trains every image's networks at once; its time is shared out by voxel count.
         row, decoded = evaluate(image, container, cfg.model_name, fit_s * image.array.size / total_vox, target)
+        _log_row(row)
         mcz_files.append(_write_mcz(out, image, cfg.model_name, container))
         figures.append(_figure(out, image, decoded, row))
         rows.append(row)
@@ -127,8 +167,12 @@ def run_experiment(cfg: DictConfig) -> dict:
         codec = get_codec(name)
         for image in dm.images:
             t0 = time.perf_counter()
-            container = codec.encode(image, target)
+            if name in LEARNED_CODECS:  # fitted like run.py would, following this run's trainer limits
+                container = encode_learned(name, image, target, _learned_overrides(cfg))
+            else:
+                container = codec.encode(image, target)
             row, decoded = evaluate(image, container, name, time.perf_counter() - t0, target)
+            _log_row(row)
             mcz_files.append(_write_mcz(out, image, name, container))
             figures.append(_figure(out, image, decoded, row))
             rows.append(row)
@@ -138,6 +182,7 @@ def run_experiment(cfg: DictConfig) -> dict:
         "task_name": cfg.task_name, "model": cfg.model_name, "data": cfg.data_name, "compression": cfg.compression.name,
         "summary": {r["codec"]: r for r in summary}, "images": rows,
         "files": [str(p.relative_to(out)) for p in mcz_files],
+        "model_info": model.describe() if hasattr(model, "describe") else {},
         "machine": {"node": platform.node(), "python": platform.python_version(), "cpu_count": _cpus()},
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -148,6 +193,11 @@ def run_experiment(cfg: DictConfig) -> dict:
     print(summary_table(summary, title=f"{cfg.model_name} on {cfg.data_name}, target {target.describe()}"))
     print(f"outputs: {out}")
     return metrics
+
+
+def _log_row(row: dict) -> None:
+    log.info("%s %s: CR %.1f (target %.1f), %.3f bpp, PSNR %.2f dB, SSIM %.4f, encode %.1f s", row["codec"],
+             row["image"], row["ratio_actual"], row["ratio_target"], row["bpp"], row["psnr"], row["ssim"], row["encode_s"])
 
 
 def _cpus() -> int:

@@ -34,14 +34,15 @@ def test_every_option_composes(group, option, tmp_path):
 
 def test_defaults_and_instantiation(tmp_path):
     cfg = compose([f"paths.output_dir={tmp_path}"])
-    assert cfg.model_name == "siren" and cfg.data_name == "sample" and cfg.compression.ratio == 64
+    assert cfg.model_name == "unicompress" and cfg.data_name == "sample" and cfg.compression.ratio == 256
+    assert cfg.data.normalise == "image" and list(cfg.baselines) == ["siren", "jpeg2000", "hevc"]
     assert cfg.trainer.max_steps == cfg.model.fit_steps
     trainer = instantiate(cfg.trainer, logger=False)
     assert trainer.max_steps == cfg.model.fit_steps
     cbs = [instantiate(c) for c in cfg.callbacks.values()]
     assert {type(c).__name__ for c in cbs} == {"ModelCheckpoint", "TQDMProgressBar"}
     dm = instantiate(cfg.data)
-    assert type(dm).__name__ == "SampleDataModule" and dm.default_block[2] == (256, 256)
+    assert type(dm).__name__ == "SampleDataModule" and dm.default_block[2] == (64, 64)  # set by model=unicompress
 
 
 def test_compression_override_reaches_model(tmp_path):

@@ -23,20 +23,21 @@ def only_dir(path):
 
 
 def test_default_experiment_fast_dev_run(tmp_path):
-    """data=sample, SIREN + JPEG 2000 + HEVC baselines, logger=wandb (offline)."""
+    """data=sample: UniCompress with SIREN, JPEG 2000 and HEVC baselines, logger=wandb (offline)."""
     r = run_py("debug=fdr", f"paths.log_dir={tmp_path}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "CR actual" in r.stdout and "jpeg2000" in r.stdout and "hevc" in r.stdout
     out = only_dir(tmp_path / "run" / "runs")
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["summary"]) == {"siren", "jpeg2000", "hevc"}
+    assert set(metrics["summary"]) == {"unicompress", "siren", "jpeg2000", "hevc"}
     for row in metrics["images"]:
         f = out / "mcz" / f"{row['image']}.{row['codec']}.mcz"
         assert f.stat().st_size == row["file_bytes"]
         assert row["ratio_actual"] == pytest.approx(row["original_bytes"] / f.stat().st_size)
-    assert len(list((out / "recon").glob("*.png"))) == 9
+    assert len(list((out / "recon").glob("*.png"))) == 12
     run_file = next((out / "wandb").glob("offline-run-*/run-*.wandb"))
     logged = logged_values(run_file)
+    assert logged["unicompress/psnr"] == pytest.approx(metrics["summary"]["unicompress"]["psnr"])
     assert logged["siren/psnr"] == pytest.approx(metrics["summary"]["siren"]["psnr"])
     assert logged["hevc/ratio_actual"] == pytest.approx(metrics["summary"]["hevc"]["ratio_actual"])
 
@@ -44,7 +45,7 @@ def test_default_experiment_fast_dev_run(tmp_path):
 def test_volume_limit_run_fits_and_improves(tmp_path):
     vol = smooth_volume((16, 40, 40))
     np.save(tmp_path / "v.npy", vol)
-    r = run_py("data=volume", f"data.path={tmp_path / 'v.npy'}", "data.block_size=[16,20,20]", "compression.ratio=16",
+    r = run_py("model=siren", "data=volume", f"data.path={tmp_path / 'v.npy'}", "data.block_size=[16,20,20]", "compression.ratio=16",
                "debug=limit", "model.fit_steps=150", "model.depth=3", "logger=csv", "baselines=[]", f"paths.log_dir={tmp_path / 'logs'}")
     assert r.returncode == 0, r.stderr[-3000:]
     out = only_dir(tmp_path / "logs" / "run" / "runs")

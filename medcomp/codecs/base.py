@@ -98,6 +98,7 @@ def _load_builtin_codecs():
     import medcomp.codecs.classical  # noqa: F401
     import medcomp.codecs.video  # noqa: F401
     import medcomp.models.siren  # noqa: F401
+    import medcomp.models.unicompress  # noqa: F401
 
 
 def decode_container(container: Container, **kwargs) -> Image:

@@ -20,6 +20,8 @@ def siren_param_count(width: int, depth: int, in_dim: int, out_dim: int = 1) -> 
 
 def width_for_budget(params: float, depth: int, in_dim: int, out_dim: int = 1) -> int:
     """Largest width whose parameter count fits ``params`` (root of the quadratic above, floored)."""
+    if params < siren_param_count(1, depth, in_dim, out_dim):
+        return 0
     a, b, c = depth - 2, in_dim + depth - 1 + out_dim, out_dim - params
     h = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a) if a > 0 else -c / b
     h = int(math.floor(h))

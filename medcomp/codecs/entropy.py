@@ -1,0 +1,94 @@
+"""Entropy coding of integer symbols (quantised weights, codebook indices) with CompressAI's rANS coder.
+
+CompressAI's entropy *models* learn a density for latents; quantised INR weights have no learned density, so the
+model here is the empirical histogram, quantised to a 16-bit CDF with CompressAI's own ``pmf_to_quantized_cdf``
+and stored in the stream (LEB128 varints), so the decoder rebuilds the identical CDF. All integer arithmetic:
+decoding is exact on any machine.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from medcomp.errors import CorruptFileError
+
+PRECISION = 16
+
+
+def _varints(values) -> bytes:
+    out = bytearray()
+    for v in values:
+        v = int(v)
+        while True:
+            b = v & 0x7F
+            v >>= 7
+            out.append(b | (0x80 if v else 0))
+            if not v:
+                break
+    return bytes(out)
+
+
+def _read_varints(data: bytes, pos: int, n: int) -> tuple[list[int], int]:
+    values = []
+    for _ in range(n):
+        v, shift = 0, 0
+        while True:
+            if pos >= len(data):
+                raise CorruptFileError("corrupt entropy-coded section (frequency table truncated)")
+            b = data[pos]
+            pos += 1
+            v |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+            if shift > 35:
+                raise CorruptFileError("corrupt entropy-coded section (bad varint)")
+        values.append(v)
+    return values, pos
+
+
+def _quantized_cdf(counts: np.ndarray) -> list[int]:
+    from compressai._CXX import pmf_to_quantized_cdf
+
+    pmf = (counts / counts.sum()).tolist() + [1.0 / (1 << PRECISION)]  # + tail mass for the escape symbol
+    return pmf_to_quantized_cdf(pmf, PRECISION)
+
+
+def encode_symbols(symbols: np.ndarray) -> bytes:
+    """Integers (any range) → self-describing bytes: offset, alphabet size, frequency table, rANS stream."""
+    from compressai.ans import RansEncoder
+
+    symbols = np.asarray(symbols, dtype=np.int64).ravel()
+    if symbols.size == 0:
+        return struct.pack("<iII", 0, 0, 0)
+    lo = int(symbols.min())
+    shifted = symbols - lo
+    k = int(shifted.max()) + 1
+    if k == 1:  # one distinct value: the header says it all (and the rANS coder rejects one-symbol alphabets)
+        return struct.pack("<iII", lo, 1, symbols.size)
+    cdf = _quantized_cdf(np.bincount(shifted, minlength=k).astype(np.float64))
+    freqs = np.diff(cdf)
+    stream = RansEncoder().encode_with_indexes(shifted.tolist(), [0] * symbols.size, [cdf], [len(cdf)], [0])
+    return struct.pack("<iII", lo, k, symbols.size) + _varints(freqs) + stream
+
+
+def decode_symbols(data: bytes) -> np.ndarray:
+    from compressai.ans import RansDecoder
+
+    if len(data) < 12:
+        raise CorruptFileError("corrupt entropy-coded section (too short)")
+    lo, k, n = struct.unpack_from("<iII", data, 0)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if k == 1:
+        return np.full(n, lo, dtype=np.int64)
+    if k > 1 << 20 or n > 1 << 31:
+        raise CorruptFileError("corrupt entropy-coded section (implausible sizes)")
+    freqs, pos = _read_varints(data, 12, k + 1)
+    cdf = [0] + np.cumsum(freqs).tolist()
+    if cdf[-1] != 1 << PRECISION:
+        raise CorruptFileError("corrupt entropy-coded section (frequency table does not sum to 2^16)")
+    decoded = RansDecoder().decode_with_indexes(data[pos:], [0] * n, [cdf], [len(cdf)], [0])
+    return np.asarray(decoded, dtype=np.int64) + lo

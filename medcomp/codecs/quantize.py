@@ -1,0 +1,70 @@
+"""Uniform per-tensor quantisation of network weights, and the packing of integer symbols into bytes."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from medcomp.codecs.entropy import decode_symbols, encode_symbols
+from medcomp.errors import CorruptFileError
+
+
+def quantize(tensors: list[np.ndarray], bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-tensor scale: ints in [−(2^(bits−1)−1), 2^(bits−1)−1]. Returns (all ints, float32 scales)."""
+    top = 2 ** (bits - 1) - 1
+    scales = np.array([max(float(np.abs(t).max()), 1e-12) / top for t in tensors], dtype=np.float32)
+    ints = [np.clip(np.rint(t.astype(np.float64) / s), -top, top).astype(np.int64).ravel()
+            for t, s in zip(tensors, scales)]
+    return np.concatenate(ints), scales
+
+
+def dequantize(ints: np.ndarray, scales: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    out, pos = [], 0
+    for shape, s in zip(shapes, scales):
+        n = int(np.prod(shape))
+        if pos + n > ints.size:
+            raise CorruptFileError("corrupt .mcz: fewer weights than the header's network needs")
+        out.append((ints[pos : pos + n].astype(np.float32) * np.float32(s)).reshape(shape))
+        pos += n
+    return out
+
+
+RAW, RANS = 0, 1
+
+
+def pack_symbols(symbols: np.ndarray) -> bytes:
+    """The smaller of fixed-width bit packing and rANS with a frequency table (small sections can't afford one)."""
+    symbols = np.asarray(symbols, dtype=np.int64).ravel()
+    rans = bytes([RANS]) + encode_symbols(symbols)
+    raw = bytes([RAW]) + _bitpack(symbols)
+    return rans if len(rans) < len(raw) else raw
+
+
+def unpack_symbols(data: bytes) -> np.ndarray:
+    if not data:
+        raise CorruptFileError("corrupt .mcz: empty symbol section")
+    if data[0] == RANS:
+        return decode_symbols(data[1:])
+    if data[0] == RAW:
+        return _bitunpack(data[1:])
+    raise CorruptFileError(f"corrupt .mcz: unknown symbol packing {data[0]}")
+
+
+def _bitpack(symbols: np.ndarray) -> bytes:
+    lo = int(symbols.min()) if symbols.size else 0
+    span = int(symbols.max()) - lo if symbols.size else 0
+    bits = max(1, span.bit_length())
+    shifted = (symbols - lo).astype(np.uint64)
+    bit_array = ((shifted[:, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)
+    return struct.pack("<iBI", lo, bits, symbols.size) + np.packbits(bit_array.ravel()).tobytes()
+
+
+def _bitunpack(data: bytes) -> np.ndarray:
+    if len(data) < 9:
+        raise CorruptFileError("corrupt .mcz: packed section too short")
+    lo, bits, n = struct.unpack_from("<iBI", data, 0)
+    if not 1 <= bits <= 63 or (n * bits + 7) // 8 != len(data) - 9:
+        raise CorruptFileError("corrupt .mcz: packed section size does not match its header")
+    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8, offset=9))[: n * bits].reshape(n, bits).astype(np.int64)
+    return (flat << np.arange(bits, dtype=np.int64)).sum(axis=1) + lo

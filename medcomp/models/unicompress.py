@@ -1,0 +1,268 @@
+"""UniCompress (seed 001): one SIREN for many blocks, conditioned on a wavelet-prior vector-quantised code.
+
+Per block: Haar DWT → raw / low / high parts → frozen pretrained extractor → attention fusion → VQ codebook →
+SIREN(coordinates ⊕ code) → intensity. The decoder needs the SIREN weights, the used codewords and one index per
+block; the extractor and fusion are encoder-side only and never stored. Weights and codewords are quantised and
+entropy-coded; the bit depth is the largest in [weight_bits_min, weight_bits_max] whose file meets the target.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medcomp.codecs.base import Codec, Target, image_header, register, restore_dtype
+from medcomp.codecs.container import Container
+from medcomp.codecs.quantize import dequantize, pack_symbols, quantize, unpack_symbols
+from medcomp.data.blocks import BlockLayout, merge_blocks
+from medcomp.data.datamodule import denormalise
+from medcomp.data.image import Image
+from medcomp.errors import CorruptFileError, MedcompError
+from medcomp.nn.fusion import AttentionFusion
+from medcomp.nn.pretrained import load_extractor
+from medcomp.nn.siren import BatchedSiren, grid_coordinates, width_for_budget
+from medcomp.nn.vq import VectorQuantizer
+from medcomp.nn.wavelet import haar_dwt, pad_even
+
+log = logging.getLogger("medcomp")
+PARTS = ("raw", "low", "high")
+
+
+def wavelet_parts(blocks: torch.Tensor, parts=PARTS) -> list[torch.Tensor]:
+    """(N, 1, *block) in [−1, 1] → the requested parts, each (N, 1, *) on a comparable scale."""
+    d = blocks.ndim - 2
+    low, highs = haar_dwt(pad_even(blocks))
+    out = {"raw": blocks, "low": low / 2 ** (d / 2)}
+    energy = highs.pow(2).sum(1, keepdim=True).sqrt()
+    out["high"] = energy / energy.amax(dim=tuple(range(1, energy.ndim)), keepdim=True).clamp_min(1e-6) * 2 - 1
+    return [out[p] for p in parts]
+
+
+@torch.no_grad()
+def extract_tokens(extractor, blocks: torch.Tensor, parts=PARTS, chunk: int = 256) -> torch.Tensor:
+    """(N, 1, *block) → (parts, N, tokens, features), in chunks to bound memory."""
+    outs = []
+    for i in range(0, blocks.shape[0], chunk):
+        outs.append(torch.stack([extractor(p) for p in wavelet_parts(blocks[i : i + chunk], parts)]))
+    return torch.cat(outs, dim=1)
+
+
+def siren_shapes(width: int, depth: int, in_dim: int) -> list[tuple[int, ...]]:
+    dims = [in_dim] + [width] * (depth - 1) + [1]
+    return [s for a, b in zip(dims[:-1], dims[1:]) for s in ((1, a, b), (1, 1, b))]
+
+
+def unicompress_container(image: Image, layout: BlockLayout, value_range, width: int, depth: int, w0: float,
+                          code_dim: int, weight_bits: int, codebook_bits: int, siren_params: list[np.ndarray],
+                          codebook: np.ndarray, indices: np.ndarray, codec: str = "unicompress") -> Container:
+    """Quantise and pack everything the decoder needs. Only the codewords some block uses are stored."""
+    used, remapped = np.unique(indices, return_inverse=True)
+    w_ints, w_scales = quantize(siren_params, weight_bits)
+    c_ints, c_scales = quantize([codebook[used]], codebook_bits)
+    header = {**image_header(image), "layout": layout.to_dict(), "range": [float(v) for v in value_range],
+              "width": width, "depth": depth, "w0": w0, "code_dim": code_dim, "n_codes": int(used.size),
+              "weight_bits": weight_bits, "codebook_bits": codebook_bits}
+    sections = {"w": pack_symbols(w_ints), "ws": w_scales.astype("<f4").tobytes(), "cb": pack_symbols(c_ints),
+                "cs": c_scales.astype("<f4").tobytes(), "idx": pack_symbols(remapped)}
+    return Container(codec, header, sections)
+
+
+@torch.no_grad()
+def decode_unicompress(container: Container, chunk_points: int = 1 << 18) -> np.ndarray:
+    h = container.header
+    layout = BlockLayout.from_dict(h["layout"])
+    d, n = len(layout.block), layout.n_blocks
+    in_dim = d + h["code_dim"]
+    shapes = siren_shapes(h["width"], h["depth"], in_dim)
+    params = dequantize(unpack_symbols(container.sections["w"]), np.frombuffer(container.sections["ws"], "<f4"), shapes)
+    codebook = dequantize(unpack_symbols(container.sections["cb"]), np.frombuffer(container.sections["cs"], "<f4"),
+                          [(h["n_codes"], h["code_dim"])])[0]
+    idx = unpack_symbols(container.sections["idx"])
+    if idx.size != n or (idx.size and (idx.min() < 0 or idx.max() >= h["n_codes"])):
+        raise CorruptFileError("corrupt .mcz: block indices do not match the header")
+    net = BatchedSiren(1, in_dim, h["width"], h["depth"], 1, h["w0"])
+    with torch.no_grad():
+        for p, v in zip([q for pair in zip(net.weights, net.biases) for q in pair], params):
+            p.copy_(torch.from_numpy(v))
+    codes = torch.from_numpy(codebook)[torch.from_numpy(idx)]
+    coords = grid_coordinates(layout.block)
+    v = coords.shape[0]
+    per = max(1, chunk_points // v)
+    out = []
+    for i in range(0, n, per):
+        c = codes[i : i + per]
+        inp = torch.cat([coords.expand(c.shape[0], -1, -1), c[:, None, :].expand(-1, v, -1)], dim=-1)
+        out.append(net(inp.reshape(1, -1, in_dim)).reshape(c.shape[0], v))
+    values = torch.cat(out).numpy()
+    ranges = np.tile(np.asarray(h["range"], dtype=np.float32)[None], (n, 1))
+    blocks = denormalise(values, ranges).reshape((n,) + layout.block)
+    return restore_dtype(merge_blocks(blocks, layout), h["dtype"])
+
+
+class UniCompress(L.LightningModule):
+    """The teacher: every image of the data module gets one SIREN + codebook; the fusion encoder is shared."""
+
+    codec_name = "unicompress"
+
+    def __init__(self, depth: int = 4, w0: float = 30.0, lr: float = 5e-3, fusion_lr: float = 1e-4, code_dim: int = 8,
+                 codebook_size: int = 256, max_codebook_fraction: float = 0.35, weight_bits_min: int = 8,
+                 weight_bits_max: int = 16, codebook_bits: int = 8, freeze_codes_at: float = 0.75,
+                 d_model: int = 64, heads: int = 4,
+                 beta: float = 0.25, parts: list[str] = PARTS, extractor_ckpt: str | None = "auto",
+                 fit_steps: int = 1500, target: Target | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["target"])
+        unknown = set(parts) - set(PARTS)
+        if unknown or not parts:
+            raise MedcompError(f"model.parts must be a non-empty subset of {list(PARTS)}, got {list(parts)}")
+        self.parts = tuple(parts)
+        self.target = target
+        self.sirens = torch.nn.ModuleList()
+        self.quantizers = torch.nn.ModuleList()
+        self.widths: list[int] = []
+        self.fusion = None
+        self.extractor_source = None
+
+    # --- building from the data ------------------------------------------------------------------------------
+
+    def _build_extractor(self, dims: int):
+        extractor, self.extractor_source = load_extractor(dims, self.hparams.extractor_ckpt)
+        extractor.requires_grad_(False).eval()
+        return extractor
+
+    def _codebook_size(self, budget: float, n_blocks: int) -> int:
+        hp = self.hparams
+        k = min(hp.codebook_size, 2 ** math.ceil(math.log2(max(n_blocks, 2))))
+        while k > 2 and k * hp.code_dim * hp.codebook_bits / 8 > hp.max_codebook_fraction * budget:
+            k //= 2
+        if k < hp.codebook_size:
+            log.info("codebook %d → %d entries to fit %.0f bytes", hp.codebook_size, k, budget)
+        return k
+
+    def _solve_width(self, image, layout, k: int) -> int:
+        hp = self.hparams
+        budget = self.target.target_bytes(image)
+        in_dim = len(layout.block) + hp.code_dim
+        probe = unicompress_container(image, layout, (0.0, 1.0), 99, hp.depth, hp.w0, hp.code_dim, 16, hp.codebook_bits,
+                                      [np.zeros(s, np.float32) for s in siren_shapes(2, hp.depth, in_dim)],
+                                      np.zeros((k, hp.code_dim), np.float32), np.arange(layout.n_blocks) % k)
+        fixed = len(probe.to_bytes()) + math.ceil(k * hp.code_dim * hp.codebook_bits / 8)
+        params = (budget - fixed) / (hp.weight_bits_min / 8)  # worst case: no entropy-coding gain
+        width = width_for_budget(params, hp.depth, in_dim)
+        if width < 2:
+            raise MedcompError(f"{image.name}: target {self.target.describe()} ({budget:.0f} bytes) leaves no room for "
+                               f"the shared SIREN after {fixed} bytes of codebook, indices and header")
+        return width
+
+    def setup(self, stage=None):
+        if len(self.sirens):
+            return
+        dm = self.trainer.datamodule
+        if dm.normalise != "image":
+            raise MedcompError("model=unicompress shares one network across blocks: use data.normalise=image")
+        hp = self.hparams
+        dims = {im.ndim for im in dm.images}
+        extractor = self._build_extractor(dims.pop())
+        for i, (image, layout, blocks) in enumerate(zip(dm.images, dm.layouts, dm.blocks)):
+            k = self._codebook_size(self.target.target_bytes(image), layout.n_blocks)
+            width = self._solve_width(image, layout, k)
+            self.widths.append(width)
+            self.sirens.append(BatchedSiren(1, len(layout.block) + hp.code_dim, width, hp.depth, 1, hp.w0))
+            self.quantizers.append(VectorQuantizer(k, hp.code_dim, hp.beta))
+            self.register_buffer(f"coords_{i}", grid_coordinates(layout.block), persistent=False)
+            tokens = extract_tokens(extractor, blocks.reshape((-1, 1) + layout.block), self.parts)
+            # Standardise each feature across the image's blocks: what conditions the INR is how blocks differ,
+            # and a frozen extractor's raw features can vary by less than 1 % of their mean.
+            tokens = (tokens - tokens.mean(1, keepdim=True)) / (tokens.std(1, keepdim=True) + 1e-6)
+            self.register_buffer(f"tokens_{i}", tokens, persistent=False)
+        self.fusion = AttentionFusion(len(self.parts), extractor.n_tokens, extractor.out_dim, hp.d_model, hp.heads,
+                                      hp.code_dim)
+        log.info("unicompress: SIREN widths %s, extractor %s", self.widths, self.extractor_source)
+
+    # --- training --------------------------------------------------------------------------------------------
+
+    def inr_parameters(self) -> int:
+        return sum(p.numel() for s in self.sirens for p in s.parameters())
+
+    def describe(self) -> dict:
+        """What metrics.json records about the fitted model."""
+        return {"inr_parameters": self.inr_parameters(), "widths": list(self.widths),
+                "codebook_sizes": [int(q.codebook.shape[0]) for q in self.quantizers], "extractor": self.extractor_source}
+
+    def codes(self, i: int):
+        z = self.fusion(list(getattr(self, f"tokens_{i}").unbind(0)))
+        return z, *self.quantizers[i](z)
+
+    def predict_points(self, i: int, q: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        coords = getattr(self, f"coords_{i}")[idx]  # (N, P, d)
+        inp = torch.cat([coords, q[:, None, :].expand(-1, idx.shape[1], -1)], dim=-1)
+        return self.sirens[i](inp.reshape(1, -1, inp.shape[-1])).reshape(idx.shape)
+
+    def training_step(self, batch, batch_idx):
+        recon, commit = 0.0, 0.0
+        for i, (idx, values) in enumerate(batch):
+            _, q, _, c = self.codes(i)
+            recon = recon + F.mse_loss(self.predict_points(i, q, idx), values)
+            commit = commit + c
+        loss = recon + commit
+        self.log_dict({"train/recon": recon, "train/commit": commit, "train/psnr_norm": 10 * torch.log10(4.0 / recon.detach())},
+                      prog_bar=True)
+        return loss
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # Fix each block's codeword for the rest of the fit (see VectorQuantizer.freeze).
+        if self.trainer.max_steps > 0 and self.global_step == int(self.hparams.freeze_codes_at * self.trainer.max_steps):
+            with torch.no_grad():
+                for i, vq in enumerate(self.quantizers):
+                    vq.freeze(self.fusion(list(getattr(self, f"tokens_{i}").unbind(0))))
+
+    def configure_optimizers(self):
+        # The attention fusion needs a transformer-sized step; INR and codebook fit fast (measured on data=sample:
+        # one shared lr of 5e-3 collapsed every block onto one or two codewords).
+        fusion = list(self.fusion.parameters())
+        fusion_ids = {id(p) for p in fusion}
+        rest = [p for p in self.parameters() if id(p) not in fusion_ids]
+        opt = torch.optim.Adam([{"params": fusion, "lr": self.hparams.fusion_lr}, {"params": rest, "lr": self.hparams.lr}])
+        steps = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else self.hparams.fit_steps)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=self.hparams.fusion_lr * 0.05)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- writing the file ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def export(self) -> list[Container]:
+        dm = self.trainer.datamodule
+        hp = self.hparams
+        out = []
+        for i, (image, layout, ranges) in enumerate(zip(dm.images, dm.layouts, dm.block_ranges)):
+            _, _, idx, _ = self.codes(i)
+            params = [t.detach().cpu().numpy() for pair in zip(self.sirens[i].weights, self.sirens[i].biases) for t in pair]
+            codebook = self.quantizers[i].codebook.detach().cpu().numpy()
+            budget = self.target.target_bytes(image)
+            chosen = None
+            for bits in range(hp.weight_bits_max, hp.weight_bits_min - 1, -1):
+                c = unicompress_container(image, layout, ranges[0], self.widths[i], hp.depth, hp.w0, hp.code_dim, bits,
+                                          hp.codebook_bits, params, codebook, idx.cpu().numpy(), self.codec_name)
+                chosen = c
+                if len(c.to_bytes()) <= budget:
+                    break
+            out.append(chosen)
+        return out
+
+
+@register("unicompress")
+class UniCompressEntry(Codec):
+    name = "unicompress"
+
+    def encode(self, image: Image, target: Target) -> Container:
+        from medcomp.pipeline import encode_learned
+
+        return encode_learned("unicompress", image, target)
+
+    def decode(self, container: Container) -> np.ndarray:
+        return decode_unicompress(container)

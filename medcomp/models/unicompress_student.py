@@ -1,0 +1,155 @@
+"""UniCompress stage 2: distil a smaller student SIREN from a teacher checkpoint, fine-tuning the teacher.
+
+Student: trainable extractor on the raw block only, its own fusion, the teacher's codebook (shared), a SIREN with at
+most ``max_param_ratio`` × the teacher's INR parameters. Losses, each logged on its own: ground truth, output
+alignment to the teacher, codebook alignment (MSE, hard), feature KL at temperature T (soft), and the teacher's own
+loss while it is fine-tuned. The student writes the same ``unicompress`` bitstream as the teacher.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medcomp.codecs.base import Target
+from medcomp.distill.losses import hard_alignment, soft_kl
+from medcomp.errors import MedcompError
+from medcomp.models.unicompress import UniCompress, siren_shapes, unicompress_container
+from medcomp.nn.fusion import AttentionFusion
+from medcomp.nn.siren import BatchedSiren, siren_param_count
+
+log = logging.getLogger("medcomp")
+
+
+class UniCompressStudent(UniCompress):
+    def __init__(self, teacher_ckpt: str | None = None, max_param_ratio: float = 0.55, temperature: float = 2.0,
+                 w_gt: float = 1.0, w_out_teacher: float = 1.0, w_codebook: float = 1.0, w_kl: float = 0.1,
+                 w_teacher: float = 1.0, distill: bool = True, target: Target | None = None, **teacher_defaults):
+        super().__init__(target=target, **teacher_defaults)
+        self.save_hyperparameters(ignore=["target"])
+        self.teacher: UniCompress | None = None
+        self.student_sirens = torch.nn.ModuleList()
+        self.student_widths: list[int] = []
+
+    def setup(self, stage=None):
+        if self.teacher is not None:
+            return
+        hp = self.hparams
+        ckpt = self._load_teacher_checkpoint()
+        teacher_hp = {k: v for k, v in (ckpt or {}).get("hyper_parameters", {}).items() if k in UniCompress.__init__.__code__.co_varnames}
+        self.teacher = UniCompress(target=self.target, **(teacher_hp or {k: hp[k] for k in teacher_hp}))
+        self.teacher._trainer = self._trainer
+        self.teacher.setup(stage)
+        if ckpt is not None:
+            missing, unexpected = self.teacher.load_state_dict(ckpt["state_dict"], strict=False)
+            if missing or unexpected:  # cross-domain: only the shared parts (fusion) match
+                log.info("teacher checkpoint: %d tensors not loaded (%s...)", len(missing) + len(unexpected),
+                         (missing + unexpected)[:3])
+        dm = self.trainer.datamodule
+        extractor = self._build_extractor(dm.images[0].ndim)
+        extractor.requires_grad_(True).train()
+        self.extractor = extractor
+        self.fusion = AttentionFusion(1, extractor.n_tokens, extractor.out_dim, self.teacher.hparams.d_model,
+                                      self.teacher.hparams.heads, self.teacher.hparams.code_dim)
+        depth, d = self.teacher.hparams.depth, len(dm.layouts[0].block)
+        in_dim = d + self.teacher.hparams.code_dim
+        for i, (teacher_width, blocks, layout) in enumerate(zip(self.teacher.widths, dm.blocks, dm.layouts)):
+            budget = hp.max_param_ratio * siren_param_count(teacher_width, depth, in_dim)
+            width = teacher_width
+            while width > 2 and siren_param_count(width, depth, in_dim) > budget:
+                width -= 1
+            self.student_widths.append(width)
+            self.student_sirens.append(BatchedSiren(1, in_dim, width, depth, 1, self.teacher.hparams.w0))
+            self.register_buffer(f"blocks_{i}", blocks.reshape((-1, 1) + layout.block), persistent=False)
+            self.register_buffer(f"coords_{i}", getattr(self.teacher, f"coords_{i}"), persistent=False)
+        log.info("student INR parameters %d = %.3f x teacher %d", self.inr_parameters(),
+                 self.inr_parameters() / self.teacher.inr_parameters(), self.teacher.inr_parameters())
+
+    def _load_teacher_checkpoint(self):
+        path = self.hparams.teacher_ckpt
+        if not path:
+            if self.hparams.distill:
+                raise MedcompError("model.teacher_ckpt is required for distillation (stage 1: run.py model=unicompress)")
+            return None
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise MedcompError(f"{p}: teacher checkpoint not found")
+        return torch.load(p, map_location="cpu", weights_only=True)
+
+    def inr_parameters(self) -> int:
+        return sum(p.numel() for s in self.student_sirens for p in s.parameters())
+
+    def describe(self) -> dict:
+        teacher = self.teacher.inr_parameters()
+        return {"inr_parameters": self.inr_parameters(), "widths": list(self.student_widths),
+                "teacher_inr_parameters": teacher, "param_ratio": self.inr_parameters() / teacher,
+                "teacher_widths": list(self.teacher.widths), "distill": bool(self.hparams.distill),
+                "teacher_ckpt": self.hparams.teacher_ckpt, "extractor": self.extractor_source}
+
+    def student_codes(self, i: int):
+        z = self.fusion([self.extractor(getattr(self, f"blocks_{i}"))])
+        vq = self.teacher.quantizers[i]  # the shared codebook
+        idx = vq.nearest(z.detach())
+        q = vq.codebook[idx]
+        return z, q + z - z.detach(), idx
+
+    def training_step(self, batch, batch_idx):
+        hp = self.hparams
+        terms = {k: 0.0 for k in ("gt", "out_teacher", "codebook", "kl", "teacher")}
+        for i, (idx, values) in enumerate(batch):
+            zt, qt, _, commit = self.teacher.codes(i)
+            pred_t = self.teacher.predict_points(i, qt, idx)
+            terms["teacher"] = terms["teacher"] + F.mse_loss(pred_t, values) + commit
+            zs, qs, _ = self.student_codes(i)
+            coords = getattr(self, f"coords_{i}")[idx]
+            inp = torch.cat([coords, qs[:, None, :].expand(-1, idx.shape[1], -1)], dim=-1)
+            pred_s = self.student_sirens[i](inp.reshape(1, -1, inp.shape[-1])).reshape(idx.shape)
+            terms["gt"] = terms["gt"] + F.mse_loss(pred_s, values)
+            if hp.distill:
+                terms["out_teacher"] = terms["out_teacher"] + hard_alignment(pred_s, pred_t)
+                terms["codebook"] = terms["codebook"] + hard_alignment(qs, qt)
+                terms["kl"] = terms["kl"] + soft_kl(zs, zt, hp.temperature)
+        weights = {"gt": hp.w_gt, "out_teacher": hp.w_out_teacher, "codebook": hp.w_codebook, "kl": hp.w_kl,
+                   "teacher": hp.w_teacher}
+        loss = sum(weights[k] * v for k, v in terms.items())
+        self.log_dict({f"kd/{k}": v for k, v in terms.items() if torch.is_tensor(v)}, prog_bar=False)
+        self.log("train/psnr_norm", 10 * torch.log10(4.0 / terms["gt"].detach()), prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        fusion = list(self.fusion.parameters()) + list(self.teacher.fusion.parameters()) + list(self.extractor.parameters())
+        ids = {id(p) for p in fusion}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        opt = torch.optim.Adam([{"params": fusion, "lr": self.hparams.fusion_lr}, {"params": rest, "lr": self.hparams.lr}])
+        steps = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else self.hparams.fit_steps)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=self.hparams.fusion_lr * 0.05)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_batch_start(self, batch, batch_idx):
+        pass  # the teacher's assignments stay free while it is fine-tuned; the student's follow the shared codebook
+
+    @torch.no_grad()
+    def export(self):
+        dm = self.trainer.datamodule
+        th = self.teacher.hparams
+        out = []
+        for i, (image, layout, ranges) in enumerate(zip(dm.images, dm.layouts, dm.block_ranges)):
+            _, _, idx = self.student_codes(i)
+            net = self.student_sirens[i]
+            params = [t.detach().cpu().numpy() for pair in zip(net.weights, net.biases) for t in pair]
+            assert [p.shape for p in params] == siren_shapes(self.student_widths[i], th.depth, net.weights[0].shape[1])
+            codebook = self.teacher.quantizers[i].codebook.detach().cpu().numpy()
+            budget = self.target.target_bytes(image)
+            chosen = None
+            for bits in range(th.weight_bits_max, th.weight_bits_min - 1, -1):
+                chosen = unicompress_container(image, layout, ranges[0], self.student_widths[i], th.depth, th.w0,
+                                               th.code_dim, bits, th.codebook_bits, params, codebook,
+                                               np.asarray(idx.cpu()), "unicompress")
+                if len(chosen.to_bytes()) <= budget:
+                    break
+            out.append(chosen)
+        return out

@@ -1,0 +1,154 @@
+"""UniCompress: budget solver, bit-exact bitstream, VQ gradients, entropy coding, and a fast_dev_run of each model."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from medcomp.codecs.base import Target
+from medcomp.codecs.container import Container
+from medcomp.codecs.entropy import decode_symbols, encode_symbols
+from medcomp.codecs.quantize import pack_symbols, unpack_symbols
+from medcomp.data.blocks import plan_blocks
+from medcomp.data.image import Image
+from medcomp.models.unicompress import decode_unicompress, siren_shapes, unicompress_container
+from medcomp.nn.vq import VectorQuantizer
+from medcomp.nn.wavelet import haar_dwt, haar_idwt
+from tests.conftest import ROOT, smooth_volume
+
+
+def test_vq_straight_through_gradient_reaches_encoder_and_codebook():
+    vq = VectorQuantizer(8, 4)
+    vq.train()
+    z = torch.randn(16, 4, requires_grad=True)
+    q, idx, commit = vq(z)
+    torch.testing.assert_close(q, vq.codebook[idx])  # forward value is the codeword
+    (q.sum() + commit).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert vq.codebook.grad is not None and vq.codebook.grad.abs().sum() > 0
+
+
+def test_vq_freeze_keeps_assignment():
+    vq = VectorQuantizer(4, 2)
+    vq.train()
+    z = torch.randn(6, 2)
+    vq(z)
+    vq.freeze(z)
+    _, idx, _ = vq(z + 10 * torch.randn(6, 2))
+    assert torch.equal(idx, vq.frozen_idx)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 8, 6), (1, 1, 4, 6, 8)])
+def test_haar_round_trip(shape):
+    x = torch.randn(shape, dtype=torch.float64)
+    low, highs = haar_dwt(x)
+    assert highs.shape[1] == 2 ** (len(shape) - 2) - 1
+    torch.testing.assert_close(haar_idwt(low, highs), x)
+    assert torch.allclose(low.pow(2).sum() + highs.pow(2).sum(), x.pow(2).sum())  # orthonormal
+
+
+@pytest.mark.parametrize("symbols", [np.round(np.random.default_rng(0).laplace(0, 6, 3000)).astype(int),
+                                     np.arange(5), np.full(7, -4), np.array([], dtype=int)])
+def test_entropy_and_packing_round_trip(symbols):
+    np.testing.assert_array_equal(decode_symbols(encode_symbols(symbols)), symbols)
+    if symbols.size:
+        np.testing.assert_array_equal(unpack_symbols(pack_symbols(symbols)), symbols)
+
+
+def test_rans_beats_fixed_width_on_peaked_data():
+    s = np.round(np.random.default_rng(1).laplace(0, 3, 5000)).astype(int)
+    packed = pack_symbols(s)
+    assert packed[0] == 1 and len(packed) < 0.8 * (s.size * int(s.max() - s.min()).bit_length() / 8)
+
+
+def _container(bits=10, width=6, depth=3, code_dim=3):
+    rng = np.random.default_rng(0)
+    image = Image(smooth_volume((20, 24)), None, name="t")
+    layout = plan_blocks(image.array.shape, (10, 12))
+    params = [rng.normal(0, 0.3, s).astype(np.float32) for s in siren_shapes(width, depth, 2 + code_dim)]
+    codebook = rng.normal(0, 1, (8, code_dim)).astype(np.float32)
+    idx = np.array([3, 3, 5, 1])
+    return image, unicompress_container(image, layout, (-1000.0, 1500.0), width, depth, 30.0, code_dim, bits, 8,
+                                        params, codebook, idx)
+
+
+def test_bitstream_round_trip_is_bit_exact_in_another_process(tmp_path):
+    image, c = _container()
+    data = c.to_bytes()
+    here = decode_unicompress(Container.from_bytes(data))
+    assert here.dtype == image.array.dtype and here.shape == image.array.shape
+    (tmp_path / "u.mcz").write_bytes(data)
+    code = ("import numpy as np, sys; from medcomp.codecs.container import read_container;"
+            "from medcomp.models.unicompress import decode_unicompress;"
+            f"np.save(sys.argv[1], decode_unicompress(read_container('{tmp_path / 'u.mcz'}')))")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "o.npy")], check=True, cwd=ROOT)
+    np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), here)
+
+
+def test_only_used_codewords_are_stored():
+    _, c = _container()
+    assert c.header["n_codes"] == 3  # indices {1, 3, 5}
+
+
+def test_width_solver_fills_budget_without_exceeding(tmp_path):
+    """Via a real (1-step) fit: the written file never exceeds the budget and is not far under it."""
+    vol = smooth_volume((16, 48, 48))
+    np.save(tmp_path / "v.npy", vol)
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), "model=unicompress", "data=volume",
+                        f"data.path={tmp_path / 'v.npy'}", "data.block_size_3d=[8,16,16]", "compression.ratio=24",
+                        "debug=fdr", "logger=none", "baselines=[]", f"paths.log_dir={tmp_path / 'logs'}"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(next((tmp_path / "logs").rglob("metrics.json")).read_text())["summary"]["unicompress"]
+    assert 24 <= m["ratio_actual"] <= 24 * 1.15
+
+
+def test_target_too_small_is_a_clear_error():
+    from medcomp.errors import MedcompError
+    from medcomp.models.unicompress import UniCompress
+
+    m = UniCompress(target=Target(ratio=5000))
+    image = Image(smooth_volume((20, 24)), None, name="tiny")
+    with pytest.raises(MedcompError, match="leaves no room"):
+        m._solve_width(image, plan_blocks(image.array.shape, (10, 12)), 4)
+
+
+def _run(tmp_path, *overrides):
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides, "baselines=[]",
+                        f"paths.log_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_feature_pretrain_fast_dev_run_saves_a_loadable_extractor(tmp_path):
+    from medcomp.nn.pretrained import load_extractor
+
+    _run(tmp_path, "model=feature_pretrain", "data=pretrain_blocks_2d", "data.batch_size=16", "debug=fdr",
+         "logger=none", f"model.save_to={tmp_path / 'ex.pt'}")
+    enc, source = load_extractor(2, str(tmp_path / "ex.pt"))
+    assert source == str(tmp_path / "ex.pt") and enc(torch.zeros(2, 1, 40, 40)).shape == (2, 4, 128)
+
+
+def test_student_from_teacher_checkpoint(tmp_path):
+    vol = smooth_volume((16, 48, 48))
+    np.save(tmp_path / "v.npy", vol)
+    data = ["data=volume", f"data.path={tmp_path / 'v.npy'}", "data.block_size_3d=[8,16,16]", "compression.ratio=24"]
+    _run(tmp_path / "t", "model=unicompress", *data, "model.fit_steps=3", "logger=none")
+    ckpt = next((tmp_path / "t").rglob("final.ckpt"))
+    _run(tmp_path / "s", "experiment=unicompress_kd", *data, f"model.teacher_ckpt={ckpt}", "model.fit_steps=3",
+         "logger=csv", "trainer.log_every_n_steps=1")
+    out = next((tmp_path / "s").rglob("metrics.json")).parent
+    info = json.loads((out / "metrics.json").read_text())["model_info"]
+    assert info["param_ratio"] <= 0.55 and info["inr_parameters"] <= 0.55 * info["teacher_inr_parameters"]
+    logged = (next(out.rglob("metrics.csv"))).read_text().splitlines()[0].split(",")
+    assert {"kd/gt", "kd/out_teacher", "kd/codebook", "kd/kl", "kd/teacher"} <= set(logged)
+    assert next(out.glob("mcz/*.unicompress_student.mcz")).stat().st_size > 0
+
+
+def test_student_needs_a_teacher(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), "experiment=unicompress_kd", "debug=fdr",
+                        "logger=none", f"paths.log_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "teacher_ckpt is required" in r.stderr
