@@ -16,7 +16,7 @@ import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +100,7 @@ def main(argv=None):
               "bd_vs_hevc": bd, "encode_time_same_cr": time_ratio, "kd_gain": kd, "points": rows,
               "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine(),
                           "cpus": len(__import__("os").sched_getaffinity(0))},
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+              "date": datetime.now(UTC).isoformat(timespec="seconds")}
     out = Path(args.out_dir)
     atomic_write_text(out / f"{args.name}.json", json.dumps(result, indent=2, default=float))
     _plot(curves, out / f"{args.name}.png", title=f"{args.name}: {Path(src).name}")

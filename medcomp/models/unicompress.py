@@ -221,37 +221,44 @@ class UniCompress(L.LightningModule):
                 for i, vq in enumerate(self.quantizers):
                     vq.freeze(self.fusion(list(getattr(self, f"tokens_{i}").unbind(0))))
 
+    def slow_parameters(self) -> list:
+        """Parameters trained at ``fusion_lr``: the attention fusion (and, in subclasses, trainable extractors)."""
+        return list(self.fusion.parameters())
+
     def configure_optimizers(self):
         # The attention fusion needs a transformer-sized step; INR and codebook fit fast (measured on data=sample:
         # one shared lr of 5e-3 collapsed every block onto one or two codewords).
-        fusion = list(self.fusion.parameters())
-        fusion_ids = {id(p) for p in fusion}
-        rest = [p for p in self.parameters() if id(p) not in fusion_ids]
-        opt = torch.optim.Adam([{"params": fusion, "lr": self.hparams.fusion_lr}, {"params": rest, "lr": self.hparams.lr}])
+        slow = self.slow_parameters()
+        slow_ids = {id(p) for p in slow}
+        rest = [p for p in self.parameters() if id(p) not in slow_ids]
+        opt = torch.optim.Adam([{"params": slow, "lr": self.hparams.fusion_lr}, {"params": rest, "lr": self.hparams.lr}])
         steps = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else self.hparams.fit_steps)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=self.hparams.fusion_lr * 0.05)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- writing the file ------------------------------------------------------------------------------------
 
+    def container_within_budget(self, image, layout, value_range, width, siren, codebook, idx) -> Container:
+        """The file at the largest weight bit depth in [weight_bits_min, weight_bits_max] that meets the target."""
+        hp = self.hparams
+        params = [t.detach().cpu().numpy() for pair in zip(siren.weights, siren.biases) for t in pair]
+        codebook, idx = codebook.detach().cpu().numpy(), idx.detach().cpu().numpy()
+        budget = self.target.target_bytes(image)
+        for bits in range(hp.weight_bits_max, hp.weight_bits_min - 1, -1):
+            c = unicompress_container(image, layout, value_range, width, hp.depth, hp.w0, hp.code_dim, bits,
+                                      hp.codebook_bits, params, codebook, idx, self.codec_name)
+            if len(c.to_bytes()) <= budget:
+                break
+        return c
+
     @torch.no_grad()
     def export(self) -> list[Container]:
         dm = self.trainer.datamodule
-        hp = self.hparams
         out = []
         for i, (image, layout, ranges) in enumerate(zip(dm.images, dm.layouts, dm.block_ranges)):
             _, _, idx, _ = self.codes(i)
-            params = [t.detach().cpu().numpy() for pair in zip(self.sirens[i].weights, self.sirens[i].biases) for t in pair]
-            codebook = self.quantizers[i].codebook.detach().cpu().numpy()
-            budget = self.target.target_bytes(image)
-            chosen = None
-            for bits in range(hp.weight_bits_max, hp.weight_bits_min - 1, -1):
-                c = unicompress_container(image, layout, ranges[0], self.widths[i], hp.depth, hp.w0, hp.code_dim, bits,
-                                          hp.codebook_bits, params, codebook, idx.cpu().numpy(), self.codec_name)
-                chosen = c
-                if len(c.to_bytes()) <= budget:
-                    break
-            out.append(chosen)
+            out.append(self.container_within_budget(image, layout, ranges[0], self.widths[i], self.sirens[i],
+                                                    self.quantizers[i].codebook, idx))
         return out
 
 

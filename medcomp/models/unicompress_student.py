@@ -11,14 +11,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from medcomp.codecs.base import Target
 from medcomp.distill.losses import hard_alignment, soft_kl
 from medcomp.errors import MedcompError
-from medcomp.models.unicompress import UniCompress, siren_shapes, unicompress_container
+from medcomp.models.unicompress import UniCompress
 from medcomp.nn.fusion import AttentionFusion
 from medcomp.nn.siren import BatchedSiren, siren_param_count
 
@@ -49,6 +48,8 @@ class UniCompressStudent(UniCompress):
             if missing or unexpected:  # cross-domain: only the shared parts (fusion) match
                 log.info("teacher checkpoint: %d tensors not loaded (%s...)", len(missing) + len(unexpected),
                          (missing + unexpected)[:3])
+        for key in ("depth", "w0", "code_dim", "codebook_bits"):  # the student's file follows the teacher's format
+            self.hparams[key] = self.teacher.hparams[key]
         dm = self.trainer.datamodule
         extractor = self._build_extractor(dm.images[0].ndim)
         extractor.requires_grad_(True).train()
@@ -120,36 +121,19 @@ class UniCompressStudent(UniCompress):
         self.log("train/psnr_norm", 10 * torch.log10(4.0 / terms["gt"].detach()), prog_bar=True)
         return loss
 
-    def configure_optimizers(self):
-        fusion = list(self.fusion.parameters()) + list(self.teacher.fusion.parameters()) + list(self.extractor.parameters())
-        ids = {id(p) for p in fusion}
-        rest = [p for p in self.parameters() if id(p) not in ids]
-        opt = torch.optim.Adam([{"params": fusion, "lr": self.hparams.fusion_lr}, {"params": rest, "lr": self.hparams.lr}])
-        steps = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else self.hparams.fit_steps)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=self.hparams.fusion_lr * 0.05)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    def slow_parameters(self) -> list:
+        return list(self.fusion.parameters()) + list(self.teacher.fusion.parameters()) + list(self.extractor.parameters())
 
     def on_train_batch_start(self, batch, batch_idx):
         pass  # the teacher's assignments stay free while it is fine-tuned; the student's follow the shared codebook
 
     @torch.no_grad()
     def export(self):
+        """The student's files: its SIREN, the shared codebook, its own block indices (same format as the teacher)."""
         dm = self.trainer.datamodule
-        th = self.teacher.hparams
         out = []
         for i, (image, layout, ranges) in enumerate(zip(dm.images, dm.layouts, dm.block_ranges)):
             _, _, idx = self.student_codes(i)
-            net = self.student_sirens[i]
-            params = [t.detach().cpu().numpy() for pair in zip(net.weights, net.biases) for t in pair]
-            assert [p.shape for p in params] == siren_shapes(self.student_widths[i], th.depth, net.weights[0].shape[1])
-            codebook = self.teacher.quantizers[i].codebook.detach().cpu().numpy()
-            budget = self.target.target_bytes(image)
-            chosen = None
-            for bits in range(th.weight_bits_max, th.weight_bits_min - 1, -1):
-                chosen = unicompress_container(image, layout, ranges[0], self.student_widths[i], th.depth, th.w0,
-                                               th.code_dim, bits, th.codebook_bits, params, codebook,
-                                               np.asarray(idx.cpu()), "unicompress")
-                if len(chosen.to_bytes()) <= budget:
-                    break
-            out.append(chosen)
+            out.append(self.container_within_budget(image, layout, ranges[0], self.student_widths[i],
+                                                    self.student_sirens[i], self.teacher.quantizers[i].codebook, idx))
         return out
