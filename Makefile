@@ -29,7 +29,7 @@ test-full: install
 
 bench: install
 	$(BIN)/python experiments/classical_rd.py
-	$(BIN)/python experiments/unicompress_rd.py --steps 800
+	$(BIN)/python experiments/unicompress_rd.py --steps 600
 
 lint: install
 	$(BIN)/ruff check medcomp tests experiments run.py

@@ -152,3 +152,17 @@ def test_student_needs_a_teacher(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "run.py"), "experiment=unicompress_kd", "debug=fdr",
                         "logger=none", f"paths.log_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "teacher_ckpt is required" in r.stderr
+
+
+def test_cross_domain_student_loads_only_matching_teacher_parts(tmp_path):
+    """Teacher fitted on one volume, student distilled on another of a different size (other widths, codebook)."""
+    np.save(tmp_path / "a.npy", smooth_volume((16, 48, 48)))
+    np.save(tmp_path / "b.npy", smooth_volume((8, 64, 80), seed=5))
+    common = ["data=volume", "data.block_size_3d=[8,16,16]", "compression.ratio=24"]
+    _run(tmp_path / "t", "model=unicompress", *common, f"data.path={tmp_path / 'a.npy'}", "model.fit_steps=3",
+         "logger=none")
+    ckpt = next((tmp_path / "t").rglob("final.ckpt"))
+    r = _run(tmp_path / "s", "experiment=unicompress_kd_cross", *common, f"data.path={tmp_path / 'b.npy'}",
+             f"model.teacher_ckpt={ckpt}", "debug=fdr", "logger=none")
+    assert "re-fitted here" in r.stdout + r.stderr
+    assert next((tmp_path / "s").rglob("*.unicompress_student.mcz")).stat().st_size > 0

@@ -44,10 +44,15 @@ class UniCompressStudent(UniCompress):
         self.teacher._trainer = self._trainer
         self.teacher.setup(stage)
         if ckpt is not None:
-            missing, unexpected = self.teacher.load_state_dict(ckpt["state_dict"], strict=False)
-            if missing or unexpected:  # cross-domain: only the shared parts (fusion) match
-                log.info("teacher checkpoint: %d tensors not loaded (%s...)", len(missing) + len(unexpected),
-                         (missing + unexpected)[:3])
+            # Cross-domain teachers were fitted to other images: load what has the same shape (the shared fusion
+            # always; per-image SIRENs and codebooks only when the data matches) and say what was left out.
+            own = self.teacher.state_dict()
+            usable = {k: v for k, v in ckpt["state_dict"].items() if k in own and own[k].shape == v.shape}
+            self.teacher.load_state_dict(usable, strict=False)
+            skipped = sorted(set(own) - set(usable))
+            if skipped:
+                log.info("teacher checkpoint: %d of %d tensors loaded; re-fitted here: %s", len(usable), len(own),
+                         ", ".join(skipped[:6]) + (" ..." if len(skipped) > 6 else ""))
         for key in ("depth", "w0", "code_dim", "codebook_bits"):  # the student's file follows the teacher's format
             self.hparams[key] = self.teacher.hparams[key]
         dm = self.trainer.datamodule
@@ -120,6 +125,9 @@ class UniCompressStudent(UniCompress):
         self.log_dict({f"kd/{k}": v for k, v in terms.items() if torch.is_tensor(v)}, prog_bar=False)
         self.log("train/psnr_norm", 10 * torch.log10(4.0 / terms["gt"].detach()), prog_bar=True)
         return loss
+
+    def siren_widths(self):
+        return self.teacher.siren_widths() + list(zip(self.student_sirens, self.student_widths))
 
     def slow_parameters(self) -> list:
         return list(self.fusion.parameters()) + list(self.teacher.fusion.parameters()) + list(self.extractor.parameters())
