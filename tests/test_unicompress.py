@@ -166,3 +166,11 @@ def test_cross_domain_student_loads_only_matching_teacher_parts(tmp_path):
              f"model.teacher_ckpt={ckpt}", "debug=fdr", "logger=none")
     assert "re-fitted here" in r.stdout + r.stderr
     assert next((tmp_path / "s").rglob("*.unicompress_student.mcz")).stat().st_size > 0
+
+
+def test_nokd_student_runs_without_a_teacher(tmp_path):
+    np.save(tmp_path / "v.npy", smooth_volume((16, 48, 48)))
+    _run(tmp_path, "experiment=unicompress_nokd", "data=volume", f"data.path={tmp_path / 'v.npy'}",
+         "data.block_size_3d=[8,16,16]", "compression.ratio=24", "debug=fdr", "logger=none")
+    info = json.loads(next(tmp_path.rglob("metrics.json")).read_text())["model_info"]
+    assert info["distill"] is False and info["teacher_ckpt"] is None and info["param_ratio"] <= 0.55

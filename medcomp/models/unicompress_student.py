@@ -39,8 +39,10 @@ class UniCompressStudent(UniCompress):
             return
         hp = self.hparams
         ckpt = self._load_teacher_checkpoint()
-        teacher_hp = {k: v for k, v in (ckpt or {}).get("hyper_parameters", {}).items() if k in UniCompress.__init__.__code__.co_varnames}
-        self.teacher = UniCompress(target=self.target, **(teacher_hp or {k: hp[k] for k in teacher_hp}))
+        teacher_keys = [k for k in UniCompress.__init__.__code__.co_varnames if k not in ("self", "target")]
+        # A teacher from a checkpoint keeps its own settings; without one (no-KD baseline) it takes this run's.
+        source = ckpt["hyper_parameters"] if ckpt is not None else hp
+        self.teacher = UniCompress(target=self.target, **{k: source[k] for k in teacher_keys if k in source})
         self.teacher._trainer = self._trainer
         self.teacher.setup(stage)
         if ckpt is not None:
