@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 from medcomp.errors import MedcompError
-from medcomp.pipeline import LEARNED_CODECS as LEARNED  # noqa: E402
 
 
 def _target(args):
@@ -31,13 +30,16 @@ def cmd_compress(args) -> int:
     target = _target(args)
     image = read_image(args.input, key=args.key)
     t0 = time.perf_counter()
-    if args.codec in LEARNED:
+    from medcomp.codecs.base import learned_codecs
+
+    learned = learned_codecs()
+    if args.codec in learned:
         from medcomp.pipeline import encode_learned
 
         container = encode_learned(args.codec, image, target, args.override)
     else:
         if args.override:
-            raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(LEARNED))}), not '{args.codec}'")
+            raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(learned))}), not '{args.codec}'")
         container = get_codec(args.codec).encode(image, target)
     encode_s = time.perf_counter() - t0
     row, _ = evaluate(image, container, args.codec, encode_s, target)

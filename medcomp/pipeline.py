@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from medcomp.codecs.base import Target, decode_container, get_codec
+from medcomp.codecs.base import Target, decode_container, get_codec, learned_codecs
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image
 from medcomp.metrics import bits_per_pixel, compression_ratio, psnr, ssim
@@ -84,9 +84,6 @@ def fit_model(cfg: DictConfig, images: list[Image] | None = None, loggers: list 
         # The fitted model, for a later stage (e.g. the UniCompress teacher a student distils from).
         trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt", weights_only=False)
     return model, dm, trainer, fit_s
-
-
-LEARNED_CODECS = {"siren", "unicompress"}
 
 
 def _learned_overrides(cfg: DictConfig) -> list[str]:
@@ -167,7 +164,7 @@ def run_experiment(cfg: DictConfig) -> dict:
         codec = get_codec(name)
         for image in dm.images:
             t0 = time.perf_counter()
-            if name in LEARNED_CODECS:  # fitted like run.py would, following this run's trainer limits
+            if name in learned_codecs():  # fitted like run.py would, following this run's trainer limits
                 container = encode_learned(name, image, target, _learned_overrides(cfg))
             else:
                 container = codec.encode(image, target)

@@ -81,6 +81,32 @@ def register(name: str):
     return wrap
 
 
+LEARNED: set[str] = set()
+
+
+def register_learned(name: str, decode: Callable[[Container], np.ndarray]) -> None:
+    """Registry entry for a learned codec: decoding is self-contained; encoding fits the model through the Hydra
+    pipeline (``model=<name>``), the same path as run.py."""
+
+    class LearnedCodec(Codec):
+        def encode(self, image: Image, target: Target) -> Container:
+            from medcomp.pipeline import encode_learned
+
+            return encode_learned(name, image, target)
+
+        def decode(self, container: Container) -> np.ndarray:
+            return decode(container)
+
+    LearnedCodec.name = name
+    LEARNED.add(name)
+    register(name)(LearnedCodec)
+
+
+def learned_codecs() -> set[str]:
+    _load_builtin_codecs()
+    return set(LEARNED)
+
+
 def get_codec(name: str, **kwargs) -> Codec:
     _load_builtin_codecs()
     if name not in CODECS:

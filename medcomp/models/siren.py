@@ -8,7 +8,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from medcomp.codecs.base import Codec, Target, image_header, register, restore_dtype
+from medcomp.codecs.base import Target, image_header, register_learned, restore_dtype
 from medcomp.codecs.container import Container
 from medcomp.data.blocks import BlockLayout, merge_blocks
 from medcomp.data.datamodule import denormalise
@@ -118,16 +118,4 @@ def decode_siren(container: Container, chunk: int = 1 << 16) -> np.ndarray:
     return restore_dtype(merge_blocks(blocks, layout), h["dtype"])
 
 
-@register("siren")
-class SirenCodecEntry(Codec):
-    """Registry entry: decoding is self-contained; encoding runs the Hydra pipeline (same path as run.py)."""
-
-    name = "siren"
-
-    def encode(self, image: Image, target: Target) -> Container:
-        from medcomp.pipeline import encode_learned
-
-        return encode_learned("siren", image, target)
-
-    def decode(self, container: Container) -> np.ndarray:
-        return decode_siren(container)
+register_learned("siren", decode_siren)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcomp.codecs.base import Codec, Target, image_header, register, restore_dtype
+from medcomp.codecs.base import Target, image_header, register_learned, restore_dtype
 from medcomp.codecs.container import Container
 from medcomp.codecs.quantize import dequantize, pack_symbols, quantize, unpack_symbols
 from medcomp.data.blocks import BlockLayout, merge_blocks
@@ -272,14 +272,4 @@ class UniCompress(L.LightningModule):
         return out
 
 
-@register("unicompress")
-class UniCompressEntry(Codec):
-    name = "unicompress"
-
-    def encode(self, image: Image, target: Target) -> Container:
-        from medcomp.pipeline import encode_learned
-
-        return encode_learned("unicompress", image, target)
-
-    def decode(self, container: Container) -> np.ndarray:
-        return decode_unicompress(container)
+register_learned("unicompress", decode_unicompress)
