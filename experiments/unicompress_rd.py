@@ -1,17 +1,22 @@
-"""UniCompress against per-block SIREN and the classical codecs, on real CT, at the same ratios.
+"""UniCompress against per-block SIREN and the classical codecs, on real CT and EM, at the same ratios.
 
-    python experiments/unicompress_rd.py                 # (make bench) → experiments/results/unicompress_rd.json/png
+    python experiments/unicompress_rd.py --steps 600     # (make bench) → experiments/results/unicompress_rd.json/png
 
-Per ratio: UniCompress teacher, per-block SIREN (same fit steps), JPEG 2000, JPEG XL, HEVC. At one ratio
-(--kd-ratio): the KD student (from that teacher's checkpoint) and the same-size student without KD. Reports
-PSNR/SSIM against actual CR from file bytes, BD-PSNR against HEVC, the SIREN/UniCompress encode-time ratio at each
-CR (with both PSNRs beside it: it is a same-CR, not a same-PSNR, comparison) and the KD gain.
+Inputs (../shared/data): the abdomen CT, the two thoracic CTA crops and the ISBI 2012 EM stack (its 30 training
+slices, centre-cropped in-plane to --em-crop px, default 256, to keep a CPU run to a few hours; 0 keeps 512).
+The JSON is rewritten after each input, so a stopped run keeps the inputs it finished ("complete": false).
+Per input and ratio: UniCompress teacher, per-block SIREN (same fit steps), JPEG 2000, JPEG XL, HEVC, with PSNR/SSIM
+against the actual CR of the file and BD-PSNR against HEVC. At --trace-ratios both learned encoders export and decode
+their file every --trace-every steps; the encode-time ratio is the fit time each needs to reach the PSNR both reach
+(the lower of the two final PSNRs), measured in this one run on the same blocks. On the first input, at --kd-ratio:
+the KD student (from that teacher's checkpoint) against the same-size student without KD.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -20,91 +25,167 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from experiments.classical_rd import shared_data  # noqa: E402
-from medcomp.bench import _plot, bd_metrics  # noqa: E402
+from medcomp.bench import bd_metrics, plot_rd  # noqa: E402
+from medcomp.callbacks import FilePsnrTrace  # noqa: E402
 from medcomp.codecs.base import Target, get_codec  # noqa: E402
+from medcomp.data.datamodule import center_crop  # noqa: E402
 from medcomp.data.readers import read_image  # noqa: E402
+from medcomp.errors import MedcompError  # noqa: E402
 from medcomp.pipeline import compose, evaluate, fit_model  # noqa: E402
 from medcomp.utils.atomic import atomic_write_text  # noqa: E402
 
+INPUTS = {"abdomen_ct": "ct/abdomen_ct_122x101x112.nii.gz", "thorax_cta_a": "ct/thorax_cta_crop_a.nii.gz",
+          "thorax_cta_b": "ct/thorax_cta_crop_b.nii.gz", "isbi_em": "em/isbi2012/train/image"}
 
-def fit_learned(model: str, image, ratio: float, steps: int, out_dir: str, extra=()):
+
+def load_input(name: str, em_crop: int):
+    src = shared_data() / INPUTS[name]
+    image = read_image(src)
+    image.name = name
+    if name == "isbi_em" and em_crop:
+        return center_crop(image, em_crop), f"{src} (centre {em_crop}x{em_crop} px of each slice)"
+    return image, str(src)
+
+
+def fit_learned(model: str, image, ratio: float, steps: int, out_dir: str, extra=(), trace: FilePsnrTrace | None = None):
     cfg = compose([f"model={model}", "data=volume", "logger=none", "callbacks=none", "baselines=[]",
                    f"compression.ratio={ratio}", "compression.bpp=null", f"compression.name=cr{ratio:g}",
                    f"model.fit_steps={steps}", f"paths.output_dir={out_dir}", "trainer.enable_progress_bar=false",
                    *extra])
-    model_obj, _, _, fit_s = fit_model(cfg, images=[image])
+    model_obj, _, _, fit_s = fit_model(cfg, images=[image], extra_callbacks=[trace] if trace else None)
     container = model_obj.export()[0]
     row, _ = evaluate(image, container, model, fit_s, Target(ratio=ratio))
     row["model_info"] = model_obj.describe() if hasattr(model_obj, "describe") else {}
-    return row, Path(out_dir) / "checkpoints" / "final.ckpt"
+    if trace:
+        row["encode_s"] = trace.trace[-1]["fit_s"]  # the fit without the trace's own export/decode time
+        row["psnr_trace"] = trace.trace
+    return row
+
+
+def equal_psnr_speed(siren: dict, uni: dict) -> dict:
+    """Fit seconds each encoder needs to reach the PSNR both reach, from their file-PSNR traces."""
+    target = min(siren["psnr"], uni["psnr"]) - 1e-6  # the last trace point is the reported file
+    first = {name: next(p for p in row["psnr_trace"] if p["psnr"] >= target)
+             for name, row in (("siren", siren), ("unicompress", uni))}
+    return {"psnr_target": target, "siren_s": first["siren"]["fit_s"], "siren_step": first["siren"]["step"],
+            "unicompress_s": first["unicompress"]["fit_s"], "unicompress_step": first["unicompress"]["step"],
+            "speedup": first["siren"]["fit_s"] / first["unicompress"]["fit_s"],
+            "siren_final_psnr": siren["psnr"], "unicompress_final_psnr": uni["psnr"]}
+
+
+def run_input(name, image, args, tmp, kd: bool) -> tuple[list[dict], list[dict]]:
+    """RD points of every codec at every ratio; a codec that cannot meet a ratio is listed in ``unreachable``."""
+    rows, unreachable = [], []
+
+    def attempt(codec: str, ratio: float, encode, *a, **kw):
+        try:
+            row = encode(*a, **kw)
+        except MedcompError as exc:  # e.g. per-block SIREN on a small 8-bit stack at CR 1024: no room for a network
+            unreachable.append({"codec": codec, "ratio_target": ratio, "why": str(exc)})
+            return
+        if row["ratio_actual"] < 0.8 * ratio:
+            # A per-slice codec at its size floor (JPEG 2000's headers alone exceed 32 B a slice) codes no
+            # image data: that point says nothing about the codec's RD curve, so it is listed, not plotted.
+            unreachable.append({"codec": codec, "ratio_target": ratio, "ratio_actual": row["ratio_actual"],
+                                "psnr": row["psnr"], "why": "smallest file the codec makes is above the budget"})
+        else:
+            rows.append(row)
+
+    def classical(codec, ratio):
+        t0 = time.perf_counter()
+        c = get_codec(codec).encode(image, Target(ratio=ratio))
+        return evaluate(image, c, codec, time.perf_counter() - t0, Target(ratio=ratio))[0]
+
+    for ratio in args.ratios:
+        traced = ratio in args.trace_ratios
+        t_trace, s_trace = (FilePsnrTrace(args.trace_every), FilePsnrTrace(args.trace_every)) if traced else (None,) * 2
+        ckpt = Path(tmp) / f"{name}_t{ratio:g}" / "checkpoints" / "final.ckpt"
+        attempt("unicompress", ratio, fit_learned, "unicompress", image, ratio, args.steps, ckpt.parent.parent,
+                trace=t_trace)
+        attempt("siren", ratio, fit_learned, "siren", image, ratio, args.steps, f"{tmp}/{name}_s{ratio:g}", trace=s_trace)
+        for codec in args.classical:
+            attempt(codec, ratio, classical, codec, ratio)
+        if kd and ratio == args.kd_ratio:
+            # KD student from this teacher; the same-size student without KD never sees a teacher.
+            for exp, label, teacher_ckpt in (("unicompress_kd", "unicompress_student_kd", ckpt),
+                                             ("unicompress_nokd", "unicompress_student_nokd", None)):
+                row = fit_learned("unicompress_student", image, ratio, args.steps, f"{tmp}/{name}_{exp}",
+                                  [f"experiment={exp}", f"model.teacher_ckpt={teacher_ckpt or 'null'}"])
+                row["codec"] = label
+                rows.append(row)
+        print(name, {r["codec"]: round(r["psnr"], 2) for r in rows if r["ratio_target"] == ratio}, flush=True)
+    return rows, unreachable
+
+
+def summarise(rows: list[dict], args) -> dict:
+    curves = {}
+    for r in rows:
+        curves.setdefault(r["codec"], []).append({k: r[k] for k in ("ratio_target", "ratio_actual", "bpp", "psnr", "ssim",
+                                                                    "encode_s", "decode_s")})
+    by = {(r["codec"], r["ratio_target"]): r for r in rows}
+    return {
+        "curves": curves,
+        "bd_vs_hevc": {c: bd_metrics(curves["hevc"], pts) for c, pts in curves.items() if c != "hevc" and len(pts) >= 4},
+        "encode_time_equal_psnr": {f"cr{r:g}": equal_psnr_speed(by[("siren", r)], by[("unicompress", r)])
+                                   for r in args.trace_ratios if ("siren", r) in by and ("unicompress", r) in by},
+        "points": rows,
+    }
+
+
+def kd_gain(rows: list[dict], ratio: float) -> dict:
+    by = {r["codec"]: r for r in rows if r["ratio_target"] == ratio}
+    s_kd, s_no = by["unicompress_student_kd"], by["unicompress_student_nokd"]
+    return {"ratio": ratio, "image": s_kd["image"], "psnr_kd": s_kd["psnr"], "psnr_nokd": s_no["psnr"],
+            "gain_db": s_kd["psnr"] - s_no["psnr"], "ratio_actual": s_kd["ratio_actual"],
+            "student_param_ratio": s_kd["model_info"].get("param_ratio")}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--input", help="default: ../shared/data/ct/abdomen_ct_122x101x112.nii.gz")
+    ap.add_argument("--inputs", nargs="+", default=["abdomen_ct", "thorax_cta_b", "isbi_em", "thorax_cta_a"],
+                    choices=list(INPUTS))
+    ap.add_argument("--em-crop", type=int, default=256)
     ap.add_argument("--ratios", nargs="+", type=float, default=[64, 128, 256, 512, 1024])
-    ap.add_argument("--steps", type=int, default=1000, help="fit steps for every learned codec")
+    ap.add_argument("--steps", type=int, default=600, help="fit steps for every learned codec")
+    ap.add_argument("--trace-ratios", nargs="+", type=float, default=[64, 256, 1024])
+    ap.add_argument("--trace-every", type=int, default=100)
     ap.add_argument("--kd-ratio", type=float, default=256)
     ap.add_argument("--classical", nargs="+", default=["jpeg2000", "jpegxl", "hevc"])
     ap.add_argument("--name", default="unicompress_rd")
     ap.add_argument("--out-dir", default=str(ROOT / "experiments" / "results"))
     args = ap.parse_args(argv)
     command = "python experiments/unicompress_rd.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    src = args.input or (shared_data() / "ct" / "abdomen_ct_122x101x112.nii.gz" if shared_data() else None)
-    if src is None:
-        sys.exit("no input: pass --input or provide ../shared/data")
-    image = read_image(src)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for ratio in args.ratios:
-            teacher, ckpt = fit_learned("unicompress", image, ratio, args.steps, f"{tmp}/t{ratio:g}")
-            rows.append(teacher)
-            rows.append(fit_learned("siren", image, ratio, args.steps, f"{tmp}/s{ratio:g}")[0])
-            for name in args.classical:
-                t0 = time.perf_counter()
-                c = get_codec(name).encode(image, Target(ratio=ratio))
-                rows.append(evaluate(image, c, name, time.perf_counter() - t0, Target(ratio=ratio))[0])
-            if ratio == args.kd_ratio:
-                # KD student from this teacher; the same-size student without KD never sees a teacher.
-                for exp, label, teacher in (("unicompress_kd", "unicompress_student_kd", ckpt),
-                                            ("unicompress_nokd", "unicompress_student_nokd", None)):
-                    row = fit_learned("unicompress_student", image, ratio, args.steps, f"{tmp}/{exp}",
-                                      [f"experiment={exp}", f"model.teacher_ckpt={teacher or 'null'}"])[0]
-                    row["codec"] = label
-                    rows.append(row)
-            print({r["codec"]: round(r["psnr"], 2) for r in rows if r["ratio_target"] == ratio}, flush=True)
-
-    curves = {}
-    for r in rows:
-        curves.setdefault(r["codec"], []).append({k: r[k] for k in ("ratio_target", "ratio_actual", "bpp", "psnr", "ssim",
-                                                                    "encode_s", "decode_s")})
-    bd = {c: bd_metrics(curves["hevc"], pts) for c, pts in curves.items() if c != "hevc" and len(pts) >= 4}
-    by = {(r["codec"], r["ratio_target"]): r for r in rows}
-    time_ratio = {f"cr{ratio:g}": {"siren_encode_s": by[("siren", ratio)]["encode_s"],
-                                   "unicompress_encode_s": by[("unicompress", ratio)]["encode_s"],
-                                   "speedup": by[("siren", ratio)]["encode_s"] / by[("unicompress", ratio)]["encode_s"],
-                                   "siren_psnr": by[("siren", ratio)]["psnr"],
-                                   "unicompress_psnr": by[("unicompress", ratio)]["psnr"]} for ratio in args.ratios}
-    kd = {}
-    if ("unicompress_student_kd", args.kd_ratio) in by:
-        s_kd, s_no = by[("unicompress_student_kd", args.kd_ratio)], by[("unicompress_student_nokd", args.kd_ratio)]
-        kd = {"ratio": args.kd_ratio, "psnr_kd": s_kd["psnr"], "psnr_nokd": s_no["psnr"],
-              "gain_db": s_kd["psnr"] - s_no["psnr"], "ratio_actual": s_kd["ratio_actual"],
-              "student_param_ratio": s_kd["model_info"].get("param_ratio")}
-    result = {"name": args.name, "command": command, "input": str(src), "steps": args.steps, "curves": curves,
-              "bd_vs_hevc": bd, "encode_time_same_cr": time_ratio, "kd_gain": kd, "points": rows,
-              "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine(),
-                          "cpus": len(__import__("os").sched_getaffinity(0))},
-              "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    if shared_data() is None:
+        sys.exit("no ../shared/data (set MEDCOMP_SHARED_DATA): this benchmark runs on its real CT and EM")
+    results, kd = {}, {}
+    t_start = time.perf_counter()
     out = Path(args.out_dir)
-    atomic_write_text(out / f"{args.name}.json", json.dumps(result, indent=2, default=float))
-    _plot(curves, out / f"{args.name}.png", title=f"{args.name}: {Path(src).name}")
-    print(json.dumps({"bd_vs_hevc": bd, "encode_time_same_cr": time_ratio, "kd_gain": kd}, indent=2, default=float))
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, name in enumerate(args.inputs):
+            image, src = load_input(name, args.em_crop)
+            rows, unreachable = run_input(name, image, args, tmp, kd=i == 0)
+            results[name] = {"input": src, "shape": list(image.array.shape), "dtype": image.array.dtype.name,
+                             **summarise(rows, args), "unreachable": unreachable}
+            if i == 0:
+                kd = kd_gain(rows, args.kd_ratio)
+            # Written after every input, so a stopped run keeps what it finished ("complete" says whether all did).
+            result = {"name": args.name, "command": command, "steps": args.steps, "complete": i == len(args.inputs) - 1,
+                      "inputs": results, "kd_gain": kd, "wall_s": time.perf_counter() - t_start,
+                      "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine(),
+                                  "cpus": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+                                  "gpu": None},
+                      "date": datetime.now(UTC).isoformat(timespec="seconds")}
+            atomic_write_text(out / f"{args.name}.json", json.dumps(result, indent=2, default=float))
+            plot_rd({f"{n} {r['shape']} {r['dtype']}": r["curves"] for n, r in results.items()},
+                    out / f"{args.name}.png", title=f"{args.name} ({args.steps} fit steps, CPU)", x="ratio_actual")
+    print(json.dumps({n: {"bd_vs_hevc": r["bd_vs_hevc"], "encode_time_equal_psnr": r["encode_time_equal_psnr"]}
+                      for n, r in results.items()} | {"kd_gain": kd}, indent=2, default=float))
 
 
 if __name__ == "__main__":

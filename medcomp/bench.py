@@ -87,30 +87,39 @@ def rd_benchmark(inputs, codecs, ratios=None, bpps=None, reference="jpeg2000", n
               "date": datetime.now(UTC).isoformat(timespec="seconds")}
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / f"{name}.json", json.dumps(result, indent=2))
-    _plot(curves, out_dir / f"{name}.png", title=name)
+    plot_rd({name: curves}, out_dir / f"{name}.png", title=name)
     return result
 
 
-def _plot(curves: dict, path: Path, title: str):
+X_AXES = {"bpp": "bits per pixel (file bytes)", "ratio_actual": "compression ratio (file bytes)"}
+Y_AXES = {"psnr": "PSNR (dB, original units)", "ssim": "SSIM", "ms_ssim": "MS-SSIM"}
+
+
+def plot_rd(groups: dict[str, dict], path: Path, title: str, x: str = "bpp", metrics=("psnr", "ssim")):
+    """One row per data group (e.g. one input), one column per metric, one line per codec; log x axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for codec, curve in curves.items():
-        c = sorted(curve, key=lambda p: p["bpp"])
-        axes[0].plot([p["bpp"] for p in c], [p["psnr"] for p in c], "o-", label=codec)
-        axes[1].plot([p["bpp"] for p in c], [p["ssim"] for p in c], "o-", label=codec)
-    for ax, ylabel in zip(axes, ("PSNR (dB, original units)", "SSIM")):
-        ax.set_xlabel("bits per pixel (file bytes)")
-        ax.set_ylabel(ylabel)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.grid(alpha=0.3)
-    axes[0].legend()
+    fig, axes = plt.subplots(len(groups), len(metrics), figsize=(5 * len(metrics), 4 * len(groups)), squeeze=False)
+    for row, (group, curves) in zip(axes, groups.items()):
+        for codec, curve in curves.items():
+            c = sorted(curve, key=lambda p: p[x])
+            for ax, m in zip(row, metrics):
+                if all(p.get(m) is not None for p in c):
+                    ax.plot([p[x] for p in c], [p[m] for p in c], "o-", label=codec)
+        for ax, m in zip(row, metrics):
+            ax.set_xlabel(X_AXES.get(x, x))
+            ax.set_ylabel(Y_AXES.get(m, m))
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.grid(alpha=0.3)
+            if len(groups) > 1:
+                ax.set_title(group, fontsize=10)
+        row[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:

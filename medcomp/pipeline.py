@@ -64,7 +64,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
-def fit_model(cfg: DictConfig, images: list[Image] | None = None, loggers: list | None = None):
+def fit_model(cfg: DictConfig, images: list[Image] | None = None, loggers: list | None = None,
+              extra_callbacks: list | None = None):
     """Instantiate data, model and trainer from the config and fit. Returns (model, datamodule, trainer, seconds)."""
     import lightning as L
     from hydra.utils import instantiate
@@ -76,6 +77,7 @@ def fit_model(cfg: DictConfig, images: list[Image] | None = None, loggers: list 
     # _convert_="all": plain lists/dicts in hparams, so checkpoints load with torch.load(weights_only=True)
     model = instantiate(cfg.model, _partial_=True, _convert_="all")(target=target)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    callbacks += extra_callbacks or []
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)

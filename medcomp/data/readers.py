@@ -65,7 +65,8 @@ def _stem(path: Path) -> str:
 
 def _dispatch(path: Path, key: str | None) -> Image:
     if path.is_dir():
-        return read_dicom_series(path)
+        rasters = [p for p in path.iterdir() if p.is_file() and _suffix(p) in RASTER_SUFFIXES]
+        return read_raster_stack(path, rasters) if rasters else read_dicom_series(path)
     suf = _suffix(path)
     if suf in NIFTI_SUFFIXES:
         return read_nifti(path)
@@ -266,6 +267,18 @@ def read_raster(path: Path) -> Image:
             raise MedcompError(f"{path}: colour image; only grayscale is supported")
         array = np.ascontiguousarray(rgb[..., 0])  # grey stored as RGB (common for exported X-rays)
     return Image(array, None, {"format": _suffix(path).lstrip(".")})
+
+
+def read_raster_stack(folder: Path, files: list[Path]) -> Image:
+    """A folder of 2-D PNG/TIFF/JPEG slices (serial-section EM, exported stacks) as one (z, y, x) volume, in file-name
+    order. Every slice must have the same shape and dtype."""
+    files = sorted(files)
+    slices = [read_raster(f).array for f in files]
+    for f, a in zip(files, slices):
+        if a.shape != slices[0].shape or a.dtype != slices[0].dtype:
+            raise MedcompError(f"{f}: slice is {a.dtype.name} {a.shape}, the stack's first slice "
+                               f"{slices[0].dtype.name} {slices[0].shape}")
+    return Image(np.stack(slices), None, {"format": "raster_stack", "slices": len(slices)})
 
 
 def read_npy(path: Path) -> Image:
