@@ -44,46 +44,63 @@ def _overlap(a, b) -> float:
     return max(0.0, hi - lo) / span if span > 0 else 0.0
 
 
-def rd_benchmark(inputs, codecs, ratios=None, bpps=None, reference="jpeg2000", name="rd",
-                 out_dir=Path("experiments/results"), key=None, command="") -> dict:
-    from medcomp.pipeline import evaluate
+def rd_points(images, codecs, targets, desc: str = "rd") -> list[dict]:
+    """Every codec at every target on every image: one row each (metrics from the decoded file)."""
+    import time
 
-    if not ratios and not bpps:
-        ratios = [32, 64, 128, 256]
-    targets = [Target(ratio=r) for r in ratios] if ratios else [Target(bpp=b) for b in bpps]
-    images = [read_image(p, key=key) for p in inputs]
-    points = []
     from tqdm import tqdm
 
-    jobs = [(c, t, im) for c in codecs for t in targets for im in images]
-    for codec_name, target, image in tqdm(jobs, desc="rd", unit="enc"):
-        codec = get_codec(codec_name)
-        import time
+    from medcomp.pipeline import evaluate
 
+    points = []
+    for codec_name, target, image in tqdm([(c, t, im) for c in codecs for t in targets for im in images], desc=desc,
+                                          unit="enc"):
         t0 = time.perf_counter()
-        container = codec.encode(image, target)
+        container = get_codec(codec_name).encode(image, target)
         row, _ = evaluate(image, container, codec_name, time.perf_counter() - t0, target)
         row["target"] = target.describe()
         points.append(row)
+    return points
+
+
+def rd_curves(points: list[dict], codecs, targets) -> dict:
+    """Per codec and target: rate from the summed file bytes, quality and times averaged over the images."""
     curves = {}
     for codec_name in codecs:
         curve = []
         for target in targets:
             rs = [p for p in points if p["codec"] == codec_name and p["target"] == target.describe()]
             file_b, orig_b = sum(r["file_bytes"] for r in rs), sum(r["original_bytes"] for r in rs)
+            ms = [r["ms_ssim"] for r in rs if r.get("ms_ssim") is not None]
             curve.append({"target": target.describe(), "ratio_actual": orig_b / file_b,
                           "bpp": 8 * file_b / sum(int(np.prod(r["shape"])) for r in rs),
                           "psnr": float(np.mean([r["psnr"] for r in rs])), "ssim": float(np.mean([r["ssim"] for r in rs])),
+                          "ms_ssim": float(np.mean(ms)) if ms else None, "ms_ssim_images": len(ms),
                           "encode_s": float(np.mean([r["encode_s"] for r in rs])),
                           "decode_s": float(np.mean([r["decode_s"] for r in rs]))})
         curves[codec_name] = curve
+    return curves
+
+
+def machine() -> dict:
+    import os
+
+    return {"node": platform.node(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "cpus": len(os.sched_getaffinity(0))}
+
+
+def rd_benchmark(inputs, codecs, ratios=None, bpps=None, reference="jpeg2000", name="rd",
+                 out_dir=Path("experiments/results"), key=None, command="") -> dict:
+    if not ratios and not bpps:
+        ratios = [32, 64, 128, 256]
+    targets = [Target(ratio=r) for r in ratios] if ratios else [Target(bpp=b) for b in bpps]
+    points = rd_points([read_image(p, key=key) for p in inputs], codecs, targets)
+    curves = rd_curves(points, codecs, targets)
     if reference not in curves:
         raise MedcompError(f"reference codec '{reference}' is not among the benchmarked codecs {codecs}")
     bd = {c: bd_metrics(curves[reference], curves[c]) for c in codecs if c != reference}
     result = {"name": name, "command": command, "inputs": [str(p) for p in inputs], "reference": reference,
-              "curves": curves, "bd_vs_reference": bd, "points": points,
-              "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine(),
-                          "python": platform.python_version()},
+              "curves": curves, "bd_vs_reference": bd, "points": points, "machine": machine(),
               "date": datetime.now(UTC).isoformat(timespec="seconds")}
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / f"{name}.json", json.dumps(result, indent=2))

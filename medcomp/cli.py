@@ -40,13 +40,24 @@ def cmd_compress(args) -> int:
     else:
         if args.override:
             raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(learned))}), not '{args.codec}'")
-        container = get_codec(args.codec).encode(image, target)
+        container = get_codec(args.codec, **_ckpt_kwargs(args.codec, args.ckpt)).encode(image, target)
     encode_s = time.perf_counter() - t0
-    row, _ = evaluate(image, container, args.codec, encode_s, target)
+    row, _ = evaluate(image, container, args.codec, encode_s, target, ckpt=args.ckpt)
     atomic_write_bytes(args.output, container.to_bytes())
     keys = ("codec", "ratio_target", "ratio_actual", "bpp", "psnr", "ssim", "encode_s", "decode_s", "file_bytes")
     print(json.dumps({k: row[k] for k in keys}))
     return 0
+
+
+def _ckpt_kwargs(codec: str, ckpt: str | None) -> dict:
+    """--ckpt goes to the trained codecs (cal_vae, rnn_conv) only."""
+    from medcomp.codecs.base import trained_codecs
+
+    if codec in trained_codecs():
+        return {"ckpt": ckpt} if ckpt else {}
+    if ckpt:
+        raise MedcompError(f"--ckpt applies to trained codecs ({', '.join(sorted(trained_codecs()))}), not '{codec}'")
+    return {}
 
 
 def cmd_decompress(args) -> int:
@@ -55,7 +66,7 @@ def cmd_decompress(args) -> int:
     from medcomp.data.writers import write_image
 
     container = read_container(args.input)
-    image = decode_container(container)
+    image = decode_container(container, **_ckpt_kwargs(container.codec, args.ckpt))
     write_image(args.output, image)
     return 0
 
@@ -101,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--ratio", type=float, help="target compression ratio (original bytes / file bytes)")
     rate.add_argument("--bpp", type=float, help="target bits per pixel/voxel")
     c.add_argument("--key", help="HDF5 dataset key")
+    c.add_argument("--ckpt", help="weights file of a trained codec (cal_vae, rnn_conv); default: the shipped one")
     c.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="Hydra override for learned codecs, e.g. -o model.fit_steps=3000 -o data.block_size=[64,64,64]")
     c.set_defaults(func=cmd_compress)
@@ -108,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("decompress", help="decode a .mcz file into .nii.gz, .nrrd, .mha, .npy, .png or .tif")
     d.add_argument("input")
     d.add_argument("output")
+    d.add_argument("--ckpt", help="the weights file the .mcz was encoded with (trained codecs; checked by sha256)")
     d.set_defaults(func=cmd_decompress)
 
     i = sub.add_parser("info", help="print a .mcz file's codec, shape, dtype, bytes, CR and bpp as JSON")

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from medcomp.codecs.base import Target, decode_container, get_codec, learned_codecs
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image
-from medcomp.metrics import bits_per_pixel, compression_ratio, psnr, ssim
+from medcomp.metrics import bits_per_pixel, compression_ratio, ms_ssim, psnr, ssim
 from medcomp.utils.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger("medcomp")
@@ -30,11 +30,13 @@ def target_from_cfg(compression: DictConfig) -> Target:
     return Target(ratio=compression.get("ratio"), bpp=compression.get("bpp"))
 
 
-def evaluate(image: Image, container: Container, codec: str, encode_s: float, target: Target) -> tuple[dict, Image]:
-    """Metrics of one compressed image, everything measured on the bytes a decoder would read."""
+def evaluate(image: Image, container: Container, codec: str, encode_s: float, target: Target,
+             ckpt: Path | None = None) -> tuple[dict, Image]:
+    """Metrics of one compressed image, everything measured on the bytes a decoder would read.
+    ``ckpt``: the weights file of a trained codec (CAL-VAE, RNN-Conv)."""
     data = container.to_bytes()
     t0 = time.perf_counter()
-    decoded = decode_container(Container.from_bytes(data))
+    decoded = decode_container(Container.from_bytes(data), **({"ckpt": ckpt} if ckpt else {}))
     decode_s = time.perf_counter() - t0
     row = {
         "codec": codec, "image": image.name, "shape": list(image.array.shape), "dtype": image.array.dtype.name,
@@ -42,6 +44,7 @@ def evaluate(image: Image, container: Container, codec: str, encode_s: float, ta
         "ratio_target": target.ratio_for(image), "ratio_actual": compression_ratio(image.nbytes, len(data)),
         "bpp": bits_per_pixel(len(data), image.array.size),
         "psnr": psnr(image.array, decoded.array), "ssim": ssim(image.array, decoded.array),
+        "ms_ssim": ms_ssim(image.array, decoded.array) if image.array.ndim == 2 else None,
         "encode_s": encode_s, "decode_s": decode_s,
     }
     return row, decoded
@@ -82,10 +85,20 @@ def fit_model(cfg: DictConfig, images: list[Image] | None = None, loggers: list 
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     fit_s = time.perf_counter() - t0
+    model.output_dir, model.made_by = cfg.paths.output_dir, _command_line()
     if not trainer.fast_dev_run and cfg.get("save_final_checkpoint", True):
         # The fitted model, for a later stage (e.g. the UniCompress teacher a student distils from).
         trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt", weights_only=False)
     return model, dm, trainer, fit_s
+
+
+def _command_line() -> str:
+    """The run.py command that made this run (for weights files that must say how they were made)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return "python run.py " + " ".join(HydraConfig.get().overrides.task)
+    return ""
 
 
 def _learned_overrides(cfg: DictConfig) -> list[str]:
@@ -157,7 +170,8 @@ def run_experiment(cfg: DictConfig) -> dict:
     total_vox = sum(im.array.size for im in dm.images)
     for image, container in zip(dm.images, containers):
         # The fit trains every image's networks at once; its time is shared out by voxel count.
-        row, decoded = evaluate(image, container, cfg.model_name, fit_s * image.array.size / total_vox, target)
+        row, decoded = evaluate(image, container, cfg.model_name, fit_s * image.array.size / total_vox, target,
+                                getattr(model, "weights_path", None))
         _log_row(row)
         mcz_files.append(_write_mcz(out, image, cfg.model_name, container))
         figures.append(_figure(out, image, decoded, row))

@@ -107,6 +107,14 @@ def learned_codecs() -> set[str]:
     return set(LEARNED)
 
 
+def trained_codecs() -> set[str]:
+    """Codecs that code with a trained network's weights file (``--ckpt``)."""
+    _load_builtin_codecs()
+    from medcomp.models.codec2d import TrainedCodec
+
+    return {n for n, c in CODECS.items() if isinstance(c, type) and issubclass(c, TrainedCodec)}
+
+
 def get_codec(name: str, **kwargs) -> Codec:
     _load_builtin_codecs()
     if name not in CODECS:
@@ -123,6 +131,8 @@ def _load_builtin_codecs():
     # Imported for their @register side effect; kept lazy so `medcomp info` does not import torch models.
     import medcomp.codecs.classical  # noqa: F401
     import medcomp.codecs.video  # noqa: F401
+    import medcomp.models.cal_vae  # noqa: F401
+    import medcomp.models.rnn_conv  # noqa: F401
     import medcomp.models.siren  # noqa: F401
     import medcomp.models.unicompress  # noqa: F401
 

@@ -37,3 +37,21 @@ def ssim(original: np.ndarray, decoded: np.ndarray) -> float:
     b = torch.from_numpy(decoded)[:, None]
     values = structural_similarity_index_measure(b, a, data_range=data_range, reduction="none")
     return float(values.mean())
+
+
+def ms_ssim(original: np.ndarray, decoded: np.ndarray) -> float | None:
+    """Multi-scale SSIM (torchmetrics, 5 scales, Gaussian window 11) with data_range R of the original; volumes: the
+    mean over axial slices. None when a slice is too small for five scales (under 161 px a side)."""
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+
+    original = np.asarray(original, dtype=np.float64)
+    decoded = np.asarray(decoded, dtype=np.float64)
+    if min(original.shape[-2:]) < 161:
+        return None
+    data_range = float(original.max() - original.min())
+    if original.ndim == 2:
+        original, decoded = original[None], decoded[None]
+    a = torch.from_numpy(original)[:, None]
+    b = torch.from_numpy(decoded)[:, None]
+    values = multiscale_structural_similarity_index_measure(b, a, data_range=data_range, reduction="none")
+    return float(values.mean())

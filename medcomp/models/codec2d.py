@@ -1,0 +1,214 @@
+"""What the trained 2-D image codecs (CAL-VAE, RNN-Conv) share: training loop, the weights file, and the codec
+that turns a trained network into real ``.mcz`` files.
+
+A trained codec is trained once on a corpus (``run.py model=cal_vae data=...``) and then encodes any image:
+``medcomp compress IN OUT.mcz --codec cal_vae --ckpt W.pt --bpp 0.5``. Each image is normalised by its own range
+(stored in the header, so 8- to 16-bit and HU data keep their units), padded to the network's stride and cropped
+back; volumes are coded slice by slice along axis 0. The rate knob (CAL-VAE: latent step; RNN-Conv: iteration
+count) is searched until the file meets the target. The header carries the sha256 of the weights file, and
+decoding refuses any other weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medcomp.codecs.base import Codec, Target, image_header, register, restore_dtype, search_knob
+from medcomp.codecs.container import Container
+from medcomp.data.image import Image
+from medcomp.errors import CorruptFileError, MedcompError
+
+WEIGHTS_FORMAT = "medcomp-codec-weights/1"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# name → LightningModule class. A fixed table, so a weights file can never name code to import.
+MODULES = {"cal_vae": "medcomp.models.cal_vae.CalVAE", "rnn_conv": "medcomp.models.rnn_conv.RNNConv"}
+
+
+def module_class(name: str):
+    module, cls = MODULES[name].rsplit(".", 1)
+    return getattr(importlib.import_module(module), cls)
+
+
+class ImageCodecModule(L.LightningModule):
+    """Base of the trained codecs. Subclasses define the network, ``training_loss`` and the three coding steps:
+    ``analyse`` (image → encoder state, once), ``stream`` (state, knob → bytes) and ``synthesise`` (bytes, knob →
+    image); the knob is searched between ``knob_lo`` and ``knob_hi``."""
+
+    codec_name = ""
+    stride = 16
+    knob_lo, knob_hi, knob_integer, knob_increasing = 0.0, 1.0, False, True
+
+    def training_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def analyse(self, x: torch.Tensor):
+        raise NotImplementedError
+
+    def stream(self, state, knob: float) -> bytes:
+        raise NotImplementedError
+
+    def synthesise(self, data: bytes, knob: float, padded_hw: tuple[int, int]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prepare_coding(self) -> None:
+        """Called once the weights are final, before any coding (entropy models build their tables here)."""
+
+    def training_step(self, batch, batch_idx):
+        loss, logs = self.training_loss(batch)
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+
+    # --- weights file -------------------------------------------------------------------------------------------
+    def save_weights(self, path: Path, made_by: str = "") -> Path:
+        from medcomp.utils.atomic import atomic_path
+
+        hparams = {k: v for k, v in self.hparams.items() if k != "target"}
+        payload = {"format": WEIGHTS_FORMAT, "model": self.codec_name, "hparams": hparams, "made_by": made_by,
+                   "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+        return path
+
+    def export(self) -> list[Container]:
+        """run.py: save the trained weights in the run directory (``output_dir``, set by the pipeline) and encode
+        the data module's evaluation images with them, exactly as ``medcomp compress --ckpt`` would."""
+        path = self.save_weights(Path(self.output_dir) / "checkpoints" / f"{self.codec_name}.pt", made_by=self.made_by)
+        self.weights_path = path
+        codec = TrainedCodec.for_weights(self.codec_name, path)
+        return [codec.encode(image, self.target) for image in self.trainer.datamodule.images]
+
+    output_dir = "."
+    made_by = ""
+
+
+def load_weights(path: str | Path, expect: str | None = None) -> tuple[ImageCodecModule, str, dict]:
+    """(module in eval mode ready to code, sha256 of the file, payload metadata). Loaded with weights_only=True."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedcompError(f"{path}: weights file not found")
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise MedcompError(f"{path}: not a loadable weights file ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT or payload.get("model") not in MODULES:
+        raise MedcompError(f"{path}: not a medcomp codec weights file (format {WEIGHTS_FORMAT})")
+    if expect and payload["model"] != expect:
+        raise MedcompError(f"{path}: weights are for codec '{payload['model']}', not '{expect}'")
+    module = module_class(payload["model"])(**payload["hparams"])
+    module.load_state_dict(payload["state_dict"])
+    module.eval()
+    module.prepare_coding()
+    return module, sha, {"made_by": payload.get("made_by", ""), "hparams": payload["hparams"]}
+
+
+def default_weights(name: str) -> Path | None:
+    p = ASSETS / f"{name}.pt"
+    return p if p.is_file() else None
+
+
+def normalise(array: np.ndarray) -> tuple[np.ndarray, dict]:
+    lo, hi = float(array.min()), float(array.max())
+    scale = hi - lo if hi > lo else 1.0
+    return ((array.astype(np.float64) - lo) / scale).astype(np.float32), {"lo": lo, "hi": hi}
+
+
+class TrainedCodec(Codec):
+    """A trained network as a codec. ``ckpt``: its weights file (default: the one shipped in medcomp/assets)."""
+
+    def __init__(self, ckpt: str | Path | None = None):
+        self.ckpt = Path(ckpt) if ckpt else default_weights(self.name)
+        self._loaded = None
+
+    @classmethod
+    def for_weights(cls, name: str, path: Path) -> TrainedCodec:
+        from medcomp.codecs.base import get_codec
+
+        return get_codec(name, ckpt=path)
+
+    def module(self) -> tuple[ImageCodecModule, str]:
+        if self._loaded is None:
+            if self.ckpt is None:
+                raise MedcompError(f"codec '{self.name}' needs trained weights: pass --ckpt WEIGHTS.pt "
+                                   f"(run.py model={self.name} writes checkpoints/{self.name}.pt)")
+            module, sha, _ = load_weights(self.ckpt, expect=self.name)
+            self._loaded = (module, sha)
+        return self._loaded
+
+    def encode(self, image: Image, target: Target) -> Container:
+        if image.array.ndim not in (2, 3):
+            raise MedcompError(f"{image.name}: {self.name} codes 2-D images (volumes slice by slice), got {image.array.ndim}-D")
+        module, sha = self.module()
+        x, mapping = normalise(image.array)
+        planes = x if x.ndim == 3 else x[None]
+        with torch.no_grad():
+            states = [module.analyse(_pad(torch.from_numpy(p), module.stride)) for p in planes]
+
+        def container(knob):
+            streams = [module.stream(s, knob) for s in states]
+            index = np.asarray([len(s) for s in streams], dtype="<u4").tobytes()
+            header = {**image_header(image), "mapping": mapping, "knob": knob, "weights_sha256": sha,
+                      "weights_file": self.ckpt.name}
+            return Container(self.name, header, {"index": index, "stream": b"".join(streams)})
+
+        budget = target.target_bytes(image)
+        if module.knob_integer:  # RNN-Conv: the most iterations whose file still fits (at least one)
+            knob = int(module.knob_lo)
+            for k in range(int(module.knob_lo), int(module.knob_hi) + 1):
+                if len(container(k).to_bytes()) > budget:
+                    break
+                knob = k
+        else:
+            knob = search_knob(lambda k: len(container(k).to_bytes()), budget, module.knob_lo, module.knob_hi,
+                               increasing=module.knob_increasing)
+        return container(knob)
+
+    def decode(self, container: Container) -> np.ndarray:
+        module, sha = self.module()
+        want = container.header.get("weights_sha256")
+        if want != sha:
+            raise MedcompError(f"{self.ckpt}: these weights (sha256 {sha[:12]}…) are not the ones this file was encoded "
+                               f"with (sha256 {str(want)[:12]}…, file '{container.header.get('weights_file')}'); "
+                               f"pass the same weights with --ckpt")
+        header = container.header
+        shape = tuple(header["shape"])
+        hw = shape[-2:]
+        padded = tuple(-(-s // module.stride) * module.stride for s in hw)
+        lengths = np.frombuffer(container.sections["index"], dtype="<u4")
+        stream = container.sections["stream"]
+        if int(lengths.sum()) != len(stream):
+            raise CorruptFileError("corrupt .mcz: slice index does not match the stream length")
+        planes, pos = [], 0
+        with torch.no_grad():
+            for n in lengths:
+                x = module.synthesise(stream[pos : pos + int(n)], header["knob"], padded)
+                planes.append(x[..., : hw[0], : hw[1]].double().numpy())
+                pos += int(n)
+        x = np.clip(np.stack(planes).reshape(shape), 0.0, 1.0)  # the original lies in [lo, hi]
+        lo, hi = header["mapping"]["lo"], header["mapping"]["hi"]
+        return restore_dtype(x * ((hi - lo) if hi > lo else 1.0) + lo, header["dtype"])
+
+
+def _pad(plane: torch.Tensor, stride: int) -> torch.Tensor:
+    """(H, W) → (1, 1, H', W') with H', W' multiples of ``stride`` (edge replication)."""
+    h, w = plane.shape
+    ph, pw = -(-h // stride) * stride - h, -(-w // stride) * stride - w
+    x = plane[None, None]
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+def register_trained(name: str) -> None:
+    register(name)(type(f"{name}_codec", (TrainedCodec,), {"name": name}))

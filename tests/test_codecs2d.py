@@ -1,0 +1,151 @@
+"""The trained 2-D codecs (CAL-VAE, RNN-Conv): real files, separate-process decoding, the weights check, rates."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medcomp.codecs.base import Target, decode_container, get_codec, trained_codecs
+from medcomp.codecs.container import read_container
+from medcomp.data.image import Image
+from medcomp.data.images import ImagesDataModule
+from medcomp.data.readers import read_image
+from medcomp.errors import MedcompError
+from medcomp.models.cal_vae import CalVAE
+from medcomp.models.codec2d import default_weights, load_weights
+from medcomp.models.rnn_conv import RNNConv
+from medcomp.nn.conv_rnn import Binarizer, ConvLSTMCell, PyramidPooling
+from tests.conftest import run_cli
+
+SMALL = {"cal_vae": lambda: CalVAE(channels=8, latent=8, heads=2), "rnn_conv": lambda: RNNConv(channels=8, max_iterations=6)}
+
+
+def small_weights(name: str, path, seed: int = 0):
+    torch.manual_seed(seed)
+    return SMALL[name]().save_weights(path, made_by="tests")
+
+
+def xray_like(shape=(100, 90), bits=12, seed=0) -> np.ndarray:
+    """A smooth 12-bit image whose sides are not multiples of 16 (padding and cropping back are exercised)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: shape[0], : shape[1]] / 40.0
+    a = 0.5 + 0.3 * np.sin(2 * y + 1) * np.cos(3 * x) + 0.02 * rng.standard_normal(shape)
+    return np.clip(a * (2**bits - 1), 0, 2**bits - 1).astype(np.uint16)
+
+
+def test_both_codecs_are_registered_as_trained():
+    assert {"cal_vae", "rnn_conv"} <= trained_codecs()
+
+
+@pytest.mark.parametrize("name", ["cal_vae", "rnn_conv"])
+def test_round_trip_in_separate_processes_is_bit_exact(tmp_path, name):
+    weights = small_weights(name, tmp_path / "w.pt")
+    src = tmp_path / "img.npy"
+    np.save(src, xray_like())
+    r = run_cli("compress", src, tmp_path / "a.mcz", "--codec", name, "--ckpt", weights, "--bpp", 1)
+    assert r.returncode == 0, r.stderr
+    reported = json.loads(r.stdout)
+    size = (tmp_path / "a.mcz").stat().st_size
+    assert reported["bpp"] == pytest.approx(8 * size / (100 * 90))  # bpp from the file's bytes
+    r = run_cli("decompress", tmp_path / "a.mcz", tmp_path / "b.npy", "--ckpt", weights)
+    assert r.returncode == 0, r.stderr
+    other_process = np.load(tmp_path / "b.npy")
+    # the encoder-side reconstruction, in this process
+    here = decode_container(read_container(tmp_path / "a.mcz"), ckpt=weights).array
+    assert other_process.dtype == np.uint16 and other_process.shape == (100, 90)
+    np.testing.assert_array_equal(other_process, here)
+
+
+@pytest.mark.parametrize("name", ["cal_vae", "rnn_conv"])
+def test_other_weights_are_refused_clearly(tmp_path, name):
+    right = small_weights(name, tmp_path / "right.pt", seed=0)
+    wrong = small_weights(name, tmp_path / "wrong.pt", seed=1)
+    image = Image(xray_like(), name="x")
+    c = get_codec(name, ckpt=right).encode(image, Target(bpp=0.5))
+    (tmp_path / "a.mcz").write_bytes(c.to_bytes())
+    r = run_cli("decompress", tmp_path / "a.mcz", tmp_path / "out.npy", "--ckpt", wrong)
+    assert r.returncode == 2
+    assert "not the ones this file was encoded with" in r.stderr and "wrong.pt" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.npy").exists()
+
+
+def test_weights_of_the_other_codec_and_missing_weights_are_refused(tmp_path):
+    cal = small_weights("cal_vae", tmp_path / "cal.pt")
+    with pytest.raises(MedcompError, match="weights are for codec 'cal_vae', not 'rnn_conv'"):
+        load_weights(cal, expect="rnn_conv")
+    with pytest.raises(MedcompError, match="not found"):
+        load_weights(tmp_path / "nope.pt")
+    r = run_cli("compress", tmp_path / "cal.pt", tmp_path / "a.mcz", "--codec", "jpeg2000", "--ckpt", cal, "--bpp", 1)
+    assert r.returncode == 2
+
+
+def test_sixteen_bit_range_survives(tmp_path):
+    """A signed 16-bit image keeps its units: the header maps [0, 1] back to the original's own range, and decoded
+    values stay inside it, in the original dtype (untrained weights: only the mapping is checked, not quality)."""
+    weights = small_weights("rnn_conv", tmp_path / "w.pt")
+    a = (xray_like(bits=16).astype(np.int32) - 30000).astype(np.int16)  # signed, HU-like
+    image = Image(a, name="ct")
+    c = get_codec("rnn_conv", ckpt=weights).encode(image, Target(bpp=2))
+    d = decode_container(c, ckpt=weights).array
+    assert d.dtype == np.int16 and d.shape == a.shape
+    assert c.header["mapping"] == {"lo": float(a.min()), "hi": float(a.max())}
+    assert d.min() >= a.min() and d.max() <= a.max()
+
+
+def test_volume_is_coded_slice_by_slice(tmp_path):
+    weights = small_weights("cal_vae", tmp_path / "w.pt")
+    vol = np.stack([xray_like(seed=s) for s in range(3)])
+    c = get_codec("cal_vae", ckpt=weights).encode(Image(vol, name="v"), Target(bpp=1))
+    assert len(np.frombuffer(c.sections["index"], dtype="<u4")) == 3
+    assert decode_container(c, ckpt=weights).array.shape == vol.shape
+
+
+@pytest.mark.skipif(default_weights("rnn_conv") is None, reason="no shipped RNN-Conv weights")
+def test_one_rnn_conv_checkpoint_serves_four_rates():
+    from medcomp.data.datamodule import center_crop, sample_files
+    from medcomp.metrics import psnr
+
+    image = center_crop(read_image(sample_files(["693_UNCR.dcm"])[0]), 256)
+    codec = get_codec("rnn_conv")
+    points = []
+    for bpp in (0.25, 0.5, 1.0, 2.0):
+        c = codec.encode(image, Target(bpp=bpp))
+        size = len(c.to_bytes())
+        points.append((8 * size / image.array.size, psnr(image.array, decode_container(c).array), c.header["knob"]))
+    bpps, psnrs, iterations = zip(*points)
+    assert list(iterations) == sorted(set(iterations)), points  # four different iteration counts
+    assert all(b2 > b1 for b1, b2 in zip(bpps, bpps[1:])), points
+    assert all(p2 > p1 for p1, p2 in zip(psnrs, psnrs[1:])), points
+    assert all(b <= t for b, t in zip(bpps, (0.25, 0.5, 1.0, 2.0)))
+
+
+def test_conv_rnn_blocks_shapes_and_exact_bits():
+    cell = ConvLSTMCell(4, 6, 3, stride=2)
+    h, state = cell(torch.randn(2, 4, 16, 12))
+    assert h.shape == (2, 6, 8, 6) and state[1].shape == (2, 6, 8, 6)
+    h2, _ = cell(torch.randn(2, 4, 16, 12), state)
+    assert h2.shape == h.shape
+    assert PyramidPooling(16)(torch.randn(1, 16, 5, 7)).shape == (1, 16, 5, 7)
+    b = Binarizer(6, 4).eval()
+    codes = b(torch.randn(1, 6, 3, 3))
+    assert set(codes.unique().tolist()) <= {-1.0, 1.0}
+    b.train()
+    x = torch.randn(1, 6, 3, 3, requires_grad=True)
+    b(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # straight-through gradient
+
+
+def test_images_datamodule_crops_and_refuses_train_eval_overlap(tmp_path):
+    np.save(tmp_path / "a.npy", xray_like(bits=12))
+    np.save(tmp_path / "b.npy", xray_like(shape=(40, 50), bits=8).astype(np.uint8))
+    dm = ImagesDataModule(train=[str(tmp_path / "*.npy")], eval=[], crop=64, batch_size=4, steps_per_epoch=2)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.shape == (4, 1, 64, 64) and batch.min() >= 0 and batch.max() <= 1
+    bad = ImagesDataModule(train=[str(tmp_path / "a.npy")], eval=[str(tmp_path / "a.npy")])
+    with pytest.raises(MedcompError, match="both for training and for evaluation"):
+        bad.setup()
+    with pytest.raises(MedcompError, match="matches no file"):
+        ImagesDataModule(train=[str(tmp_path / "*.png")], eval=[]).setup()
