@@ -30,6 +30,7 @@ test-full: install
 bench: install
 	$(BIN)/python experiments/classical_rd.py
 	$(BIN)/python experiments/unicompress_rd.py --steps 600
+	$(BIN)/python experiments/codecs2d_rd.py
 
 lint: install
 	$(BIN)/ruff check medcomp tests experiments run.py

@@ -73,3 +73,24 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2
     assert "missing.nii.gz: no such file or directory" in r.stderr
     assert not list(tmp_path.rglob("*.mcz")) and not list(tmp_path.rglob("metrics.json"))
+
+
+@pytest.mark.parametrize("model", ["cal_vae", "rnn_conv"])
+def test_trained_2d_codec_fast_dev_run(tmp_path, model):
+    """Train one step on pydicom-data images, write the weights, encode the held-out images with them."""
+    r = run_py(f"model={model}", "data=sample_2d", "compression=bpp0.5", "debug=fdr", "logger=csv",
+               "data.eval_crop=256", "baselines=[jpeg2000]", f"paths.log_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = only_dir(tmp_path / "run" / "runs")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["summary"]) == {model, "jpeg2000"}
+    rows = [row for row in metrics["images"] if row["codec"] == model]
+    assert {row["image"] for row in rows} == {"RG1_UNCR", "693_UNCR"}  # the evaluation images, not the training ones
+    weights = out / "checkpoints" / f"{model}.pt"
+    for row in rows:
+        f = out / "mcz" / f"{row['image']}.{model}.mcz"
+        assert row["bpp"] == pytest.approx(8 * f.stat().st_size / np.prod(row["shape"]))
+        # the file decodes in another process with the run's weights
+        d = subprocess.run([sys.executable, "-m", "medcomp.cli", "decompress", str(f), str(tmp_path / "d.npy"),
+                            "--ckpt", str(weights)], capture_output=True, text=True)
+        assert d.returncode == 0, d.stderr

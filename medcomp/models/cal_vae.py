@@ -138,16 +138,40 @@ class CalVAE(ImageCodecModule):
     def analyse(self, x):
         return self.encode_moments(x)[0]
 
-    # The step q scales the latent around the entropy model's medians (which it rounds relative to):
-    # symbols = round((y − m)/q), ŷ = symbols·q + m. q = 1 is exactly the trained quantiser.
+    # Rate control at coding time: a quantiser step q around the entropy model's medians m, symbols
+    # s = round((y − m)/q), ŷ = s·q + m, coded with tables of the *learned* density integrated over the
+    # step-q cells (P(s) = c(m + (s + ½)q) − c(m + (s − ½)q)). q = 1 is exactly the trained quantiser.
+    # Hand-written because CompressAI's EntropyBottleneck.update() builds unit-step tables only; this mirrors it.
+    @torch.no_grad()
+    def _tables_for_step(self, q: float) -> None:
+        eb = self.entropy
+        medians = eb.quantiles[:, 0, 1]
+        minima = torch.clamp(torch.ceil((medians - eb.quantiles[:, 0, 0]) / q).int(), min=0)
+        maxima = torch.clamp(torch.ceil((eb.quantiles[:, 0, 2] - medians) / q).int(), min=0)
+        pmf_length = maxima + minima + 1
+        max_length = int(pmf_length.max())
+        steps = torch.arange(max_length)[None, :] - minima[:, None]  # (C, L) step indices from −minima
+        centres = (medians[:, None] + steps * q)[:, None, :]
+        lower = eb._logits_cumulative(centres - q / 2, stop_gradient=True)
+        upper = eb._logits_cumulative(centres + q / 2, stop_gradient=True)
+        pmf = (torch.sigmoid(upper) - torch.sigmoid(lower))[:, 0, :]
+        tail_mass = torch.sigmoid(lower[:, 0, :1]) + torch.sigmoid(-upper[:, 0, -1:])
+        eb._offset = -minima
+        eb._quantized_cdf = eb._pmf_to_cdf(pmf, tail_mass, pmf_length, max_length)
+        eb._cdf_length = pmf_length + 2
+
     def stream(self, mu, knob):
+        q = 2.0**knob
+        self._tables_for_step(q)
         m = self.entropy._get_medians()
-        return self.entropy.compress((mu - m) / 2.0**knob + m)[0]
+        return self.entropy.compress((mu - m) / q + m)[0]
 
     def synthesise(self, data, knob, padded_hw):
+        q = 2.0**knob
+        self._tables_for_step(q)
         size = (padded_hw[0] // self.stride, padded_hw[1] // self.stride)
         m = self.entropy._get_medians()
-        y = (self.entropy.decompress([data], size) - m) * 2.0**knob + m
+        y = (self.entropy.decompress([data], size) - m) * q + m
         return self.decode_latent(y)[0, 0]
 
 
