@@ -124,7 +124,7 @@ def test_one_rnn_conv_checkpoint_serves_four_rates():
     image = center_crop(read_image(sample_files(["693_UNCR.dcm"])[0]), 256)
     codec = get_codec("rnn_conv")
     points = []
-    for bpp in (0.25, 0.5, 1.0, 2.0):
+    for bpp in (0.25, 0.5, 0.75, 1.0):
         c = codec.encode(image, Target(bpp=bpp))
         size = len(c.to_bytes())
         points.append((8 * size / image.array.size, psnr(image.array, decode_container(c).array), c.header["knob"]))
@@ -132,7 +132,7 @@ def test_one_rnn_conv_checkpoint_serves_four_rates():
     assert list(iterations) == sorted(set(iterations)), points  # four different iteration counts
     assert all(b2 > b1 for b1, b2 in zip(bpps, bpps[1:])), points
     assert all(p2 > p1 for p1, p2 in zip(psnrs, psnrs[1:])), points
-    assert all(b <= t for b, t in zip(bpps, (0.25, 0.5, 1.0, 2.0)))
+    assert all(b <= t for b, t in zip(bpps, (0.25, 0.5, 0.75, 1.0)))
 
 
 def test_conv_rnn_blocks_shapes_and_exact_bits():

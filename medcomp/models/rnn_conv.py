@@ -25,7 +25,7 @@ class RNNConv(ImageCodecModule):
     codec_name = "rnn_conv"
     stride = 16
 
-    def __init__(self, channels: int = 64, bits: int = 32, train_iterations: int = 8, max_iterations: int = 24,
+    def __init__(self, channels: int = 64, bits: int = 32, train_iterations: int = 8, max_iterations: int = 8,
                  lr: float = 5e-4, fit_steps: int = 2000, target=None):
         super().__init__()
         self.save_hyperparameters(ignore=["target"])
