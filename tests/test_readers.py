@@ -113,6 +113,18 @@ def test_png_16_bit_and_grey_jpeg(tmp_path):
     assert read_image(tmp_path / "g.jpeg").array.ndim in (2, 3)
 
 
+def test_folder_of_png_slices_is_a_stack(tmp_path):
+    vol = smooth_volume((3, 20, 24), dtype=np.uint16, lo=0, hi=60000)
+    for i, sl in enumerate(vol):
+        PILImage.fromarray(sl).save(tmp_path / f"s{i:02d}.png")
+    got = read_image(tmp_path)
+    assert got.array.dtype == np.uint16
+    np.testing.assert_array_equal(got.array, vol)  # file-name order, bit depth kept
+    PILImage.fromarray(vol[0, :10]).save(tmp_path / "s99.png")
+    with pytest.raises(MedcompError, match=r"s99.png: slice is uint16 \(10, 24\)"):
+        read_image(tmp_path)
+
+
 def test_tiff_and_npy(tmp_path):
     import tifffile
 
