@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from experiments.classical_rd import shared_data  # noqa: E402
-from medcomp.bench import bd_metrics, plot_rd  # noqa: E402
+from medcomp.bench import bd_metrics, machine, plot_rd  # noqa: E402
 from medcomp.callbacks import FilePsnrTrace  # noqa: E402
 from medcomp.codecs.base import Target, get_codec  # noqa: E402
 from medcomp.data.datamodule import center_crop  # noqa: E402
@@ -105,9 +103,9 @@ def run_input(name, image, args, tmp, kd: bool) -> tuple[list[dict], list[dict]]
     for ratio in args.ratios:
         traced = ratio in args.trace_ratios
         t_trace, s_trace = (FilePsnrTrace(args.trace_every), FilePsnrTrace(args.trace_every)) if traced else (None,) * 2
-        ckpt = Path(tmp) / f"{name}_t{ratio:g}" / "checkpoints" / "final.ckpt"
-        attempt("unicompress", ratio, fit_learned, "unicompress", image, ratio, args.steps, ckpt.parent.parent,
-                trace=t_trace)
+        teacher_dir = Path(tmp) / f"{name}_t{ratio:g}"
+        ckpt = teacher_dir / "checkpoints" / "final.ckpt"  # fit_model saves the fitted teacher here
+        attempt("unicompress", ratio, fit_learned, "unicompress", image, ratio, args.steps, teacher_dir, trace=t_trace)
         attempt("siren", ratio, fit_learned, "siren", image, ratio, args.steps, f"{tmp}/{name}_s{ratio:g}", trace=s_trace)
         for codec in args.classical:
             attempt(codec, ratio, classical, codec, ratio)
@@ -177,9 +175,7 @@ def main(argv=None):
             # Written after every input, so a stopped run keeps what it finished ("complete" says whether all did).
             result = {"name": args.name, "command": command, "steps": args.steps, "complete": i == len(args.inputs) - 1,
                       "inputs": results, "kd_gain": kd, "wall_s": time.perf_counter() - t_start,
-                      "machine": {"node": platform.node(), "processor": platform.processor() or platform.machine(),
-                                  "cpus": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-                                  "gpu": None},
+                      "machine": {**machine(), "torch_threads": torch.get_num_threads(), "gpu": None},
                       "date": datetime.now(UTC).isoformat(timespec="seconds")}
             atomic_write_text(out / f"{args.name}.json", json.dumps(result, indent=2, default=float))
             plot_rd({f"{n} {r['shape']} {r['dtype']}": r["curves"] for n, r in results.items()},

@@ -83,10 +83,10 @@ def rd_curves(points: list[dict], codecs, targets) -> dict:
 
 
 def machine() -> dict:
-    import os
+    from medcomp.pipeline import usable_cpus
 
     return {"node": platform.node(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "cpus": len(os.sched_getaffinity(0))}
+            "python": platform.python_version(), "cpus": usable_cpus()}
 
 
 def rd_benchmark(inputs, codecs, ratios=None, bpps=None, reference="jpeg2000", name="rd",

@@ -196,7 +196,7 @@ def run_experiment(cfg: DictConfig) -> dict:
         "summary": {r["codec"]: r for r in summary}, "images": rows,
         "files": [str(p.relative_to(out)) for p in mcz_files],
         "model_info": model.describe() if hasattr(model, "describe") else {},
-        "machine": {"node": platform.node(), "python": platform.python_version(), "cpu_count": _cpus()},
+        "machine": {"node": platform.node(), "python": platform.python_version(), "cpu_count": usable_cpus()},
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
@@ -213,7 +213,7 @@ def _log_row(row: dict) -> None:
              row["image"], row["ratio_actual"], row["ratio_target"], row["bpp"], row["psnr"], row["ssim"], row["encode_s"])
 
 
-def _cpus() -> int:
+def usable_cpus() -> int:
     import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -11,7 +11,7 @@ import numpy as np
 
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image
-from medcomp.errors import MedcompError
+from medcomp.errors import CorruptFileError, MedcompError
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,21 @@ def image_header(image: Image) -> dict:
         "dtype": image.array.dtype.str,
         "spacing": list(image.spacing) if image.spacing else None,
     }
+
+
+def join_planes(streams: list[bytes]) -> dict[str, bytes]:
+    """Sections of a per-slice codec: the byte length of every slice's stream, then the streams back to back."""
+    return {"index": np.asarray([len(s) for s in streams], dtype="<u4").tobytes(), "stream": b"".join(streams)}
+
+
+def split_planes(container: Container) -> list[bytes]:
+    """The slice streams written by :func:`join_planes`, checked against the stream's length."""
+    lengths = np.frombuffer(container.sections["index"], dtype="<u4")
+    stream = container.sections["stream"]
+    if int(lengths.sum()) != len(stream):
+        raise CorruptFileError("corrupt .mcz: slice index does not match the stream length")
+    ends = np.cumsum(lengths.astype(np.int64))
+    return [stream[int(e - n) : int(e)] for n, e in zip(lengths, ends)]
 
 
 def restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:

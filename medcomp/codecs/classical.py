@@ -9,11 +9,19 @@ from __future__ import annotations
 import imagecodecs
 import numpy as np
 
-from medcomp.codecs.base import Codec, Target, image_header, register, restore_dtype, search_knob
+from medcomp.codecs.base import (
+    Codec,
+    Target,
+    image_header,
+    join_planes,
+    register,
+    restore_dtype,
+    search_knob,
+    split_planes,
+)
 from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
-from medcomp.errors import CorruptFileError
 
 
 class SliceCodec(Codec):
@@ -31,9 +39,8 @@ class SliceCodec(Codec):
     def _container(self, image: Image, coded: np.ndarray, mapping: dict, knob: float) -> Container:
         planes = coded if coded.ndim == 3 else coded[None]
         streams = [self.encode_plane(np.ascontiguousarray(p), knob) for p in planes]
-        index = np.asarray([len(s) for s in streams], dtype="<u4").tobytes()
         header = {**image_header(image), "mapping": mapping, "knob": knob}
-        return Container(self.name, header, {"index": index, "stream": b"".join(streams)})
+        return Container(self.name, header, join_planes(streams))
 
     def encode(self, image: Image, target: Target) -> Container:
         coded, mapping = to_unsigned(image.array, self.bits)
@@ -45,15 +52,7 @@ class SliceCodec(Codec):
 
     def decode(self, container: Container) -> np.ndarray:
         header = container.header
-        lengths = np.frombuffer(container.sections["index"], dtype="<u4")
-        stream = container.sections["stream"]
-        if int(lengths.sum()) != len(stream):
-            raise CorruptFileError("corrupt .mcz: slice index does not match the stream length")
-        planes, pos = [], 0
-        for n in lengths:
-            planes.append(self.decode_plane(stream[pos : pos + int(n)]))
-            pos += int(n)
-        coded = np.stack(planes)
+        coded = np.stack([self.decode_plane(data) for data in split_planes(container)])
         shape = tuple(header["shape"])
         coded = coded.reshape(shape)
         return restore_dtype(from_unsigned(coded, header["mapping"]), header["dtype"])

@@ -28,15 +28,8 @@ def ssim(original: np.ndarray, decoded: np.ndarray) -> float:
     for volumes, the mean over axial slices (axis 0)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    original = np.asarray(original, dtype=np.float64)
-    decoded = np.asarray(decoded, dtype=np.float64)
-    data_range = float(original.max() - original.min())
-    if original.ndim == 2:
-        original, decoded = original[None], decoded[None]
-    a = torch.from_numpy(original)[:, None]
-    b = torch.from_numpy(decoded)[:, None]
-    values = structural_similarity_index_measure(b, a, data_range=data_range, reduction="none")
-    return float(values.mean())
+    a, b, data_range = _axial_slices(original, decoded)
+    return float(structural_similarity_index_measure(b, a, data_range=data_range, reduction="none").mean())
 
 
 def ms_ssim(original: np.ndarray, decoded: np.ndarray) -> float | None:
@@ -44,14 +37,17 @@ def ms_ssim(original: np.ndarray, decoded: np.ndarray) -> float | None:
     mean over axial slices. None when a slice is too small for five scales (under 161 px a side)."""
     from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
+    if min(np.shape(original)[-2:]) < 161:
+        return None
+    a, b, data_range = _axial_slices(original, decoded)
+    return float(multiscale_structural_similarity_index_measure(b, a, data_range=data_range, reduction="none").mean())
+
+
+def _axial_slices(original, decoded) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Both arrays as float64 (N, 1, H, W) batches of axial slices, and R of the original."""
     original = np.asarray(original, dtype=np.float64)
     decoded = np.asarray(decoded, dtype=np.float64)
-    if min(original.shape[-2:]) < 161:
-        return None
     data_range = float(original.max() - original.min())
     if original.ndim == 2:
         original, decoded = original[None], decoded[None]
-    a = torch.from_numpy(original)[:, None]
-    b = torch.from_numpy(decoded)[:, None]
-    values = multiscale_structural_similarity_index_measure(b, a, data_range=data_range, reduction="none")
-    return float(values.mean())
+    return torch.from_numpy(original)[:, None], torch.from_numpy(decoded)[:, None], data_range

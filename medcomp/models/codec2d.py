@@ -20,10 +20,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcomp.codecs.base import Codec, Target, image_header, register, restore_dtype, search_knob
+from medcomp.codecs.base import (
+    Codec,
+    Target,
+    get_codec,
+    image_header,
+    join_planes,
+    register,
+    restore_dtype,
+    search_knob,
+    split_planes,
+)
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image
-from medcomp.errors import CorruptFileError, MedcompError
+from medcomp.errors import MedcompError
 
 WEIGHTS_FORMAT = "medcomp-codec-weights/1"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -86,7 +96,7 @@ class ImageCodecModule(L.LightningModule):
         the data module's evaluation images with them, exactly as ``medcomp compress --ckpt`` would."""
         path = self.save_weights(Path(self.output_dir) / "checkpoints" / f"{self.codec_name}.pt", made_by=self.made_by)
         self.weights_path = path
-        codec = TrainedCodec.for_weights(self.codec_name, path)
+        codec = get_codec(self.codec_name, ckpt=path)
         return [codec.encode(image, self.target) for image in self.trainer.datamodule.images]
 
     output_dir = "."
@@ -133,12 +143,6 @@ class TrainedCodec(Codec):
         self.ckpt = Path(ckpt) if ckpt else default_weights(self.name)
         self._loaded = None
 
-    @classmethod
-    def for_weights(cls, name: str, path: Path) -> TrainedCodec:
-        from medcomp.codecs.base import get_codec
-
-        return get_codec(name, ckpt=path)
-
     def module(self) -> tuple[ImageCodecModule, str]:
         if self._loaded is None:
             if self.ckpt is None:
@@ -158,11 +162,9 @@ class TrainedCodec(Codec):
             states = [module.analyse(_pad(torch.from_numpy(p), module.stride)) for p in planes]
 
         def container(knob):
-            streams = [module.stream(s, knob) for s in states]
-            index = np.asarray([len(s) for s in streams], dtype="<u4").tobytes()
             header = {**image_header(image), "mapping": mapping, "knob": knob, "weights_sha256": sha,
                       "weights_file": self.ckpt.name}
-            return Container(self.name, header, {"index": index, "stream": b"".join(streams)})
+            return Container(self.name, header, join_planes([module.stream(s, knob) for s in states]))
 
         budget = target.target_bytes(image)
         if module.knob_integer:  # RNN-Conv: the most iterations whose file still fits (at least one)
@@ -187,16 +189,9 @@ class TrainedCodec(Codec):
         shape = tuple(header["shape"])
         hw = shape[-2:]
         padded = tuple(-(-s // module.stride) * module.stride for s in hw)
-        lengths = np.frombuffer(container.sections["index"], dtype="<u4")
-        stream = container.sections["stream"]
-        if int(lengths.sum()) != len(stream):
-            raise CorruptFileError("corrupt .mcz: slice index does not match the stream length")
-        planes, pos = [], 0
         with torch.no_grad():
-            for n in lengths:
-                x = module.synthesise(stream[pos : pos + int(n)], header["knob"], padded)
-                planes.append(x[..., : hw[0], : hw[1]].double().numpy())
-                pos += int(n)
+            planes = [module.synthesise(data, header["knob"], padded)[..., : hw[0], : hw[1]].double().numpy()
+                      for data in split_planes(container)]
         x = np.clip(np.stack(planes).reshape(shape), 0.0, 1.0)  # the original lies in [lo, hi]
         lo, hi = header["mapping"]["lo"], header["mapping"]["hi"]
         return restore_dtype(x * ((hi - lo) if hi > lo else 1.0) + lo, header["dtype"])
