@@ -4,7 +4,8 @@
 
 Inputs (../shared/data): the abdomen CT, the two thoracic CTA crops and the ISBI 2012 EM stack (its 30 training
 slices, centre-cropped in-plane to --em-crop px, default 256, to keep a CPU run to a few hours; 0 keeps 512).
-The JSON is rewritten after each input, so a stopped run keeps the inputs it finished ("complete": false).
+The JSON is rewritten after each input, so a stopped run keeps the inputs it finished ("complete": false); the same
+command with --resume runs only the rest (same settings required; wall_s adds up the sittings).
 Per input and ratio: UniCompress teacher, per-block SIREN (same fit steps), JPEG 2000, JPEG XL, HEVC, with PSNR/SSIM
 against the actual CR of the file and BD-PSNR against HEVC. At --trace-ratios both learned encoders export and decode
 their file every --trace-every steps; the encode-time ratio is the fit time each needs to reach the PSNR both reach
@@ -29,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from experiments.classical_rd import shared_data  # noqa: E402
-from medcomp.bench import bd_metrics, machine, plot_rd  # noqa: E402
+from medcomp.bench import bd_metrics, earlier_result, machine, plot_rd  # noqa: E402
 from medcomp.callbacks import FilePsnrTrace  # noqa: E402
 from medcomp.codecs.base import Target, get_codec  # noqa: E402
 from medcomp.data.datamodule import center_crop  # noqa: E402
@@ -157,15 +158,23 @@ def main(argv=None):
     ap.add_argument("--classical", nargs="+", default=["jpeg2000", "jpegxl", "hevc"])
     ap.add_argument("--name", default="unicompress_rd")
     ap.add_argument("--out-dir", default=str(ROOT / "experiments" / "results"))
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the inputs an earlier, stopped run of the same settings finished; run only the rest")
     args = ap.parse_args(argv)
-    command = "python experiments/unicompress_rd.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
+    command = "python experiments/unicompress_rd.py " + " ".join(given)
     if shared_data() is None:
         sys.exit("no ../shared/data (set MEDCOMP_SHARED_DATA): this benchmark runs on its real CT and EM")
-    results, kd = {}, {}
-    t_start = time.perf_counter()
+    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "out_dir")}
     out = Path(args.out_dir)
+    earlier = earlier_result(out / f"{args.name}.json", settings) if args.resume else None
+    results, kd = (earlier["inputs"], earlier.get("kd_gain", {})) if earlier else ({}, {})
+    t_start = time.perf_counter() - (earlier["wall_s"] if earlier else 0.0)
     with tempfile.TemporaryDirectory() as tmp:
         for i, name in enumerate(args.inputs):
+            if name in results:
+                print(f"{name}: kept from the earlier run")
+                continue
             image, src = load_input(name, args.em_crop)
             rows, unreachable = run_input(name, image, args, tmp, kd=i == 0)
             results[name] = {"input": src, "shape": list(image.array.shape), "dtype": image.array.dtype.name,
@@ -173,7 +182,8 @@ def main(argv=None):
             if i == 0:
                 kd = kd_gain(rows, args.kd_ratio)
             # Written after every input, so a stopped run keeps what it finished ("complete" says whether all did).
-            result = {"name": args.name, "command": command, "steps": args.steps, "complete": i == len(args.inputs) - 1,
+            result = {"name": args.name, "command": command, "settings": settings, "steps": args.steps,
+                      "complete": all(n in results for n in args.inputs),
                       "inputs": results, "kd_gain": kd, "wall_s": time.perf_counter() - t_start,
                       "machine": {**machine(), "torch_threads": torch.get_num_threads(), "gpu": None},
                       "date": datetime.now(UTC).isoformat(timespec="seconds")}

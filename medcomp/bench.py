@@ -89,6 +89,18 @@ def machine() -> dict:
             "python": platform.python_version(), "cpus": usable_cpus()}
 
 
+def earlier_result(path: Path, settings: dict) -> dict | None:
+    """The JSON an earlier, stopped run of a long benchmark left at ``path``, if it ran with exactly ``settings``
+    (so that ``--resume`` can keep what it finished); None when there is none or its settings differ."""
+    if not path.exists():
+        return None
+    earlier = json.loads(path.read_text())
+    if earlier.get("settings") != settings:
+        print(f"{path.name}: the earlier run had other settings; starting afresh")
+        return None
+    return earlier
+
+
 def rd_benchmark(inputs, codecs, ratios=None, bpps=None, reference="jpeg2000", name="rd",
                  out_dir=Path("experiments/results"), key=None, command="") -> dict:
     if not ratios and not bpps:
