@@ -31,6 +31,7 @@ bench: install
 	$(BIN)/python experiments/classical_rd.py
 	$(BIN)/python experiments/unicompress_rd.py --steps 600
 	$(BIN)/python experiments/codecs2d_rd.py
+	$(BIN)/python experiments/analysis_auroc.py
 
 lint: install
 	$(BIN)/ruff check medcomp tests experiments run.py

@@ -157,6 +157,8 @@ def run_experiment(cfg: DictConfig) -> dict:
     model, dm, trainer, fit_s = fit_model(cfg, loggers=loggers)
     if not trainer.is_global_zero:  # under DDP only rank zero writes files and logs results
         return {}
+    if getattr(model, "is_classifier", False):  # diagnosis models: test AUROC, not a bitstream
+        return classifier_results(cfg, model, dm, trainer, fit_s, loggers)
     if not getattr(model, "is_codec", True):  # e.g. feature pretraining: its product is a checkpoint
         saved = model.export()
         metrics = {"task_name": cfg.task_name, "model": cfg.model_name, "data": cfg.data_name, "fit_s": fit_s,
@@ -206,6 +208,56 @@ def run_experiment(cfg: DictConfig) -> dict:
     print(summary_table(summary, title=f"{cfg.model_name} on {cfg.data_name}, target {target.describe()}"))
     print(f"outputs: {out}")
     return metrics
+
+
+def classifier_results(cfg: DictConfig, model, dm, trainer, fit_s: float, loggers: list) -> dict:
+    """Test the model selected on the validation split; metrics.json, a summary table, attention figures."""
+    from medcomp.utils.report import classification_table
+
+    out = Path(cfg.paths.output_dir)
+    trainer.test(model, datamodule=dm, verbose=False)
+    res = model.test_results
+    summary = {"test": {**res["mcct"], "auroc_findings": res["mlct_auroc"], "images": res["n_test"]},
+               "val": {"auroc": model.best_val, "epoch": model.best_epoch}}
+    metrics = {"task_name": cfg.task_name, "model": cfg.model_name, "data": cfg.data_name, "summary": summary,
+               "model_info": model.describe(), "fit_s": fit_s, "jpeg": getattr(dm, "jpeg", {}),
+               "compression": cfg.compression.name if getattr(dm, "degrade_jpeg", False) else None,
+               "machine": {"node": platform.node(), "python": platform.python_version(), "cpu_count": usable_cpus()},
+               "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    figure = attention_figure(model, dm, out / "attention.png") if hasattr(model, "attention_maps") else None
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    for lg in loggers:
+        lg.log_metrics({f"final/{k}": float(v) for k, v in summary["test"].items()}
+                       | {f"jpeg/{k}": float(v) for k, v in metrics["jpeg"].items()})
+        if figure is not None and type(lg).__name__ == "WandbLogger":
+            import wandb
+
+            lg.experiment.log({"attention": wandb.Image(str(figure))})
+        lg.save()
+    print(classification_table([{"split": "val (selection)", "auroc": model.best_val},
+                                {"split": "test", **summary["test"]}],
+                               title=f"{cfg.model_name} on {cfg.data_name}: normal vs abnormal AUROC"))
+    print(f"outputs: {out}")
+    return metrics
+
+
+def attention_figure(model, dm, path: Path, n: int = 4) -> Path:
+    """Teacher vs student class-token attention (last level) on ``n`` test images, normal and abnormal in turn."""
+    import torch
+    from torch.utils.data import default_collate
+
+    from medcomp.utils.report import attention_figure as draw
+
+    data = dm.test_dataloader().dataset
+    labels = data.tensors["label"]
+    by_class = [torch.nonzero(labels == c).flatten().tolist() for c in (0, 1)]
+    picks = [i for pair in zip(*by_class) for i in pair][:n]
+    batch = {k: v.to(model.device) for k, v in default_collate([data[i] for i in picks]).items()}
+    model.eval()
+    with torch.no_grad():
+        maps = model.attention_maps(batch)
+    shown = {name: levels[-1].cpu().numpy() for name, levels in maps.items()}
+    return draw(batch["image"][:, 0].cpu().numpy(), shown, path, title="class-token attention, last level")
 
 
 def _log_row(row: dict) -> None:

@@ -1,0 +1,244 @@
+"""Chest X-ray classification data: Kermany (folder layout) and PneumoniaMNIST (npz), with the two degradations the
+diagnosis methods study — low resolution (MLCAK: the same images downsampled) and JPEG (CT-Lite: a quality chosen so
+the files meet the ``compression`` group's target, measured from their bytes).
+
+Every batch is a dict: ``image`` (B, 1, S, S) in [0, 1] at full size (the teacher's input), ``lowres`` (B, 1, r, r)
+when ``resolution`` < S, ``jpeg`` (B, 1, S, S) when ``degrade_jpeg``, ``label`` (B,) normal 0 / abnormal 1 and
+``findings`` (B, K) multi-hot local findings (Kermany: bacterial, viral pneumonia, from the file names).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from medcomp.codecs.base import Target
+from medcomp.errors import MedcompError
+
+log = logging.getLogger("medcomp")
+
+KERMANY_URL = "https://data.mendeley.com/datasets/rscbjbr9sj (Kermany et al. 2018, ChestXRay2017.zip)"
+MEDMNIST_URL = "https://medmnist.com (pneumoniamnist.npz)"
+
+
+@dataclass
+class Split:
+    images: np.ndarray      # (N, H, W) uint8
+    labels: np.ndarray      # (N,) int64, 0 normal / 1 abnormal
+    findings: np.ndarray    # (N, K) float32 multi-hot
+    groups: list[str]       # patient (or image) id per image, for patient-level splits
+    jpeg: np.ndarray | None = None  # the images after JPEG compression, when asked for
+
+
+def _patient_id(stem: str) -> str:
+    """Kermany names: person1000_bacteria_2931 → person1000; IM-0115-0001 / NORMAL2-IM-0381-0001 → without the
+    last '-NNNN' (the image number of that patient)."""
+    m = re.match(r"(person\d+)_", stem)
+    return m.group(1) if m else stem.rsplit("-", 1)[0]
+
+
+def _read_gray(path: Path, size: int) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as im:
+            im = im.convert("L")
+            if im.size != (size, size):
+                im = im.resize((size, size), PILImage.Resampling.BILINEAR)
+            return np.asarray(im, dtype=np.uint8)
+    except OSError as exc:
+        raise MedcompError(f"{path}: cannot read image ({exc})") from exc
+
+
+def read_kermany(root: Path, split: str, size: int) -> Split:
+    """``root/<split>/{NORMAL,PNEUMONIA}/*.jpeg``; findings (bacterial, viral) from the file names."""
+    images, labels, findings, groups = [], [], [], []
+    for label, cls in enumerate(("NORMAL", "PNEUMONIA")):
+        folder = root / split / cls
+        if not folder.is_dir():
+            raise MedcompError(f"{folder}: missing; data=kermany expects root/{{train,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg "
+                               f"(download: {KERMANY_URL})")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+        if not files:
+            raise MedcompError(f"{folder}: no images (expected *.jpeg; download: {KERMANY_URL})")
+        for p in files:
+            images.append(_read_gray(p, size))
+            labels.append(label)
+            findings.append([float("bacteria" in p.stem), float("virus" in p.stem)])
+            groups.append(f"{cls}/{_patient_id(p.stem)}")
+    return Split(np.stack(images), np.asarray(labels, np.int64), np.asarray(findings, np.float32), groups)
+
+
+def read_pneumoniamnist(path: Path, split: str) -> Split:
+    """MedMNIST npz: ``<split>_images`` (N, 28, 28) uint8 and ``<split>_labels`` (N, 1)."""
+    if not path.is_file():
+        raise MedcompError(f"{path}: not found; data=pneumoniamnist expects the MedMNIST npz "
+                           f"(keys train_images, train_labels, val_…, test_…; download: {MEDMNIST_URL})")
+    with np.load(path) as npz:
+        key = f"{split}_images"
+        if key not in npz:
+            raise MedcompError(f"{path}: no '{key}' array (keys: {', '.join(npz.files)})")
+        images, labels = npz[key], npz[f"{split}_labels"].reshape(-1).astype(np.int64)
+    return Split(images.astype(np.uint8), labels, labels[:, None].astype(np.float32),
+                 [f"{split}/{i}" for i in range(len(labels))])
+
+
+def patient_split(split: Split, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """Cut a validation set from ``split`` by patient (no patient in both), stratified by label."""
+    rng = np.random.default_rng(seed)
+    val_groups = set()
+    for label in np.unique(split.labels):
+        groups = sorted({g for g, y in zip(split.groups, split.labels) if y == label})
+        rng.shuffle(groups)
+        val_groups.update(groups[: max(1, round(len(groups) * val_fraction))])
+    in_val = np.array([g in val_groups for g in split.groups])
+    return _subset(split, ~in_val), _subset(split, in_val)
+
+
+def _subset(split: Split, keep: np.ndarray) -> Split:
+    idx = np.flatnonzero(keep)
+    return Split(split.images[idx], split.labels[idx], split.findings[idx], [split.groups[i] for i in idx])
+
+
+def jpeg_bytes(image: np.ndarray, quality: int) -> bytes:
+    import imagecodecs
+
+    return imagecodecs.jpeg8_encode(image, level=int(quality))
+
+
+def jpeg_quality_for(images: np.ndarray, target: Target) -> tuple[int, float]:
+    """The JPEG quality (1…95) whose files come closest to ``target`` over ``images`` (log-distance of the
+    aggregate ratio, original uint8 bytes / JPEG file bytes). Returns (quality, ratio it gives)."""
+    orig = images[0].size * len(images)
+    goal = target.ratio if target.ratio is not None else 8.0 / target.bpp
+    best = None
+    for q in range(1, 96):
+        ratio = orig / sum(len(jpeg_bytes(im, q)) for im in images)
+        err = abs(np.log(ratio / goal))
+        if best is None or err < best[2]:
+            best = (q, ratio, err)
+        if ratio < goal:  # ratios only fall as quality rises
+            break
+    return best[0], best[1]
+
+
+def jpeg_degrade(images: np.ndarray, quality: int) -> tuple[np.ndarray, int]:
+    """JPEG-compress and decode every image at ``quality``. Returns the decoded images and the total file bytes."""
+    import imagecodecs
+
+    out, total = np.empty_like(images), 0
+    for i, im in enumerate(images):
+        data = jpeg_bytes(im, quality)
+        total += len(data)
+        out[i] = imagecodecs.jpeg8_decode(data).reshape(im.shape)
+    return out, total
+
+
+class _SplitDataset(Dataset):
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    def __len__(self):
+        return len(self.tensors["label"])
+
+    def __getitem__(self, i):
+        return {k: v[i].float() / 255.0 if v.dtype == torch.uint8 else v[i] for k, v in self.tensors.items()}
+
+
+class CXRClassificationDataModule(L.LightningDataModule):
+    """Kermany (``dataset=kermany``, a folder root) or PneumoniaMNIST (``dataset=pneumoniamnist``, an npz path)."""
+
+    is_classification = True
+
+    def __init__(self, dataset: str, root: str, findings: list[str], image_size: int = 224,
+                 resolution: int | None = None,
+                 degrade_jpeg: bool = False, jpeg_ratio: float | None = None, jpeg_bpp: float | None = None,
+                 val_fraction: float = 0.1, max_train: int | None = None, batch_size: int = 64, num_workers: int = 0,
+                 persistent_workers: bool = False, seed: int = 42):
+        super().__init__()
+        if dataset not in ("kermany", "pneumoniamnist"):
+            raise MedcompError(f"data.dataset={dataset!r}: expected kermany or pneumoniamnist")
+        if resolution is not None and resolution > image_size:
+            raise MedcompError(f"data.resolution={resolution} is above data.image_size={image_size}")
+        self.dataset, self.root = dataset, Path(root).expanduser()
+        self.image_size, self.resolution = image_size, resolution
+        self.degrade_jpeg = degrade_jpeg
+        self.jpeg_target = Target(ratio=jpeg_ratio, bpp=None if jpeg_ratio is not None else jpeg_bpp)
+        self.val_fraction, self.max_train, self.seed = val_fraction, max_train, seed
+        self.batch_size, self.num_workers, self.persistent_workers = batch_size, num_workers, persistent_workers
+        self.splits: dict[str, Split] = {}
+        self.jpeg: dict = {}
+        self.finding_names = list(findings)  # MLCT label names, in the order of the findings columns
+
+    def _read(self) -> dict[str, Split]:
+        if self.dataset == "kermany":
+            train, val = patient_split(read_kermany(self.root, "train", self.image_size), self.val_fraction, self.seed)
+            test = read_kermany(self.root, "test", self.image_size)
+        else:
+            train, val, test = (read_pneumoniamnist(self.root, s) for s in ("train", "val", "test"))
+        if self.max_train and len(train.labels) > self.max_train:  # a CPU budget: a seeded, label-stratified subset
+            rng = np.random.default_rng(self.seed)
+            keep = np.zeros(len(train.labels), bool)
+            for label in np.unique(train.labels):
+                idx = np.flatnonzero(train.labels == label)
+                keep[rng.choice(idx, round(self.max_train * len(idx) / len(train.labels)), replace=False)] = True
+            train = _subset(train, keep)
+        return {"train": train, "val": val, "test": test}
+
+    def setup(self, stage=None):
+        if self.splits:
+            return
+        self.splits = self._read()
+        k = self.splits["train"].findings.shape[1]
+        if k != len(self.finding_names):
+            raise MedcompError(f"data.findings names {len(self.finding_names)} findings, {self.dataset} has {k}")
+        if self.degrade_jpeg:
+            # The quality is chosen on training images only; every split is then compressed at it.
+            sample = self.splits["train"].images[:: max(1, len(self.splits["train"].images) // 256)]
+            quality, _ = jpeg_quality_for(sample, self.jpeg_target)
+            self.jpeg = {"quality": quality, "ratio_target": self.jpeg_target.ratio or 8.0 / self.jpeg_target.bpp}
+            for name, split in self.splits.items():
+                decoded, nbytes = jpeg_degrade(split.images, quality)
+                self.jpeg[f"ratio_actual_{name}"] = split.images.nbytes / nbytes
+                self.jpeg[f"bpp_{name}"] = 8.0 * nbytes / split.images.size
+                split.jpeg = decoded
+            log.info("JPEG quality %d: ratio %.1f on test (target %.1f)", quality, self.jpeg["ratio_actual_test"],
+                     self.jpeg["ratio_target"])
+        for name, split in self.splits.items():
+            log.info("%s %s: %d images (%d abnormal), %d patients", self.dataset, name, len(split.labels),
+                     int(split.labels.sum()), len(set(split.groups)))
+
+    def _dataset(self, name: str) -> _SplitDataset:
+        split = self.splits[name]
+        images = torch.from_numpy(split.images).unsqueeze(1)
+        tensors = {"image": images, "label": torch.from_numpy(split.labels),
+                   "findings": torch.from_numpy(split.findings)}
+        if self.resolution and self.resolution < self.image_size:
+            # Area downsampling of the same images (what a low-resolution acquisition or storage keeps).
+            low = F.interpolate(images.float(), size=(self.resolution,) * 2, mode="area")
+            tensors["lowres"] = low.round().clamp(0, 255).to(torch.uint8)
+        if self.degrade_jpeg:
+            tensors["jpeg"] = torch.from_numpy(split.jpeg).unsqueeze(1)
+        return _SplitDataset(tensors)
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self._dataset(name), batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.persistent_workers and self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
