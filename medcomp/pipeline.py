@@ -79,6 +79,8 @@ def fit_model(cfg: DictConfig, images: list[Image] | None = None, loggers: list 
     dm = instantiate(cfg.data, _partial_=True)(images=images) if images is not None else instantiate(cfg.data)
     # _convert_="all": plain lists/dicts in hparams, so checkpoints load with torch.load(weights_only=True)
     model = instantiate(cfg.model, _partial_=True, _convert_="all")(target=target)
+    if hasattr(dm, "view_for"):  # data=<dataset>: codecs get images as blocks, classifiers labelled batches
+        dm = dm.view_for(model)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks += extra_callbacks or []
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
@@ -228,7 +230,7 @@ def classifier_results(cfg: DictConfig, model, dm, trainer, fit_s: float, logger
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
     for lg in loggers:
         lg.log_metrics({f"final/{k}": float(v) for k, v in summary["test"].items()}
-                       | {f"jpeg/{k}": float(v) for k, v in metrics["jpeg"].items()})
+                       | {f"jpeg/{k}": float(v) for k, v in metrics["jpeg"].items() if isinstance(v, (int, float))})
         if figure is not None and type(lg).__name__ == "WandbLogger":
             import wandb
 
@@ -249,9 +251,12 @@ def attention_figure(model, dm, path: Path, n: int = 4) -> Path:
     from medcomp.utils.report import attention_figure as draw
 
     data = dm.test_dataloader().dataset
-    labels = data.tensors["label"]
-    by_class = [torch.nonzero(labels == c).flatten().tolist() for c in (0, 1)]
-    picks = [i for pair in zip(*by_class) for i in pair][:n]
+    by_class: dict[int, list[int]] = {0: [], 1: []}
+    for i in range(len(data)):  # the first normal and abnormal test images, in turn
+        by_class[int(data[i]["label"])].append(i)
+        if min(len(v) for v in by_class.values()) >= n // 2:
+            break
+    picks = [i for pair in zip(*by_class.values()) for i in pair][:n] or list(range(min(n, len(data))))
     batch = {k: v.to(model.device) for k, v in default_collate([data[i] for i in picks]).items()}
     model.eval()
     with torch.no_grad():

@@ -10,6 +10,8 @@ from torchmetrics.functional.classification import binary_auroc, multilabel_auro
 def auroc(scores: torch.Tensor, targets: torch.Tensor) -> float:
     """Binary AUROC for (N,) scores; macro multi-label AUROC for (N, K), over the labels that have both classes."""
     if scores.dim() == 1:
+        if targets.min() == targets.max():
+            return float("nan")  # one class only: AUROC is undefined
         return float(binary_auroc(scores, targets.long()))
     has_both = (targets.min(0).values == 0) & (targets.max(0).values == 1)
     if not has_both.any():
@@ -31,5 +33,7 @@ def bootstrap_auroc(scores: torch.Tensor, targets: torch.Tensor, n: int = 1000, 
         if t.dim() == 1 and (t.min() == t.max()):
             continue  # a resample with one class has no AUROC
         values.append(auroc(scores[idx], t))
+    if not values:
+        return {"auroc": auroc(scores, targets), "ci_low": float("nan"), "ci_high": float("nan"), "bootstrap": 0}
     lo, hi = np.nanpercentile(values, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return {"auroc": auroc(scores, targets), "ci_low": float(lo), "ci_high": float(hi), "bootstrap": len(values)}

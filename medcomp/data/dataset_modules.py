@@ -1,0 +1,336 @@
+"""``data=<dataset>``: one config per real dataset (medcomp.data.datasets lists its cases), served to whichever model
+runs. A codec gets the cases of ``data.split`` as images, cut into blocks; a classifier gets labelled batches.
+
+The case → array path is a chain of MONAI dictionary transforms (read in stored units, rescale to HU where the
+dataset needs it, optional resampling to ``data.spacing``, optional HU window, the block padding policy), run
+through a plain, in-memory (CacheDataset) or on-disk (PersistentDataset) MONAI dataset: ``data.cache``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.transforms import MapTransform
+
+from medcomp.data.datamodule import BlockDataModule
+from medcomp.data.datasets import DATASETS, list_cases, split_cases
+from medcomp.data.image import Image
+from medcomp.data.readers import read_image
+from medcomp.errors import MedcompError
+
+log = logging.getLogger("medcomp")
+
+
+# ── MONAI dictionary transforms ──────────────────────────────────────────────────────────────────────────────────
+
+
+def _read(ref: str) -> Image:
+    """A case's image reference: a path, or ``file.hdf:key`` for a dataset inside an HDF5 file."""
+    m = re.match(r"^(.*\.(?:hdf|h5|hdf5)):(.+)$", ref)
+    return read_image(m.group(1), key=m.group(2)) if m else read_image(ref)
+
+
+class LoadCased(MapTransform):
+    """Reads ``image`` (and ``label`` when asked) in stored units; applies a dataset's own rescale (CT-RATE's
+    metadata) so CT comes out in HU; spacing in mm, (z, y, x)."""
+
+    def __init__(self, load_labels: bool = False):
+        super().__init__(keys=["image"])
+        self.load_labels = load_labels
+
+    def __call__(self, case: dict) -> dict:
+        d = dict(case)
+        img = _read(case["image"])
+        array = img.array
+        if case.get("rescale"):
+            slope, intercept = case["rescale"]
+            array = (array.astype(np.float64) * slope + intercept)
+            array = array.round().astype(np.int16) if float(slope).is_integer() else array.astype(np.float32)
+        scale = case.get("spacing_scale", 1.0)
+        d["image"] = np.ascontiguousarray(array)
+        d["spacing"] = [s * scale for s in img.spacing] if img.spacing else None
+        d["meta"] = {k: v for k, v in img.meta.items() if isinstance(v, (str, int, float))}
+        if self.load_labels and case.get("label"):
+            d["label"] = np.ascontiguousarray(_read(case["label"]).array)
+        return d
+
+
+class ResampleToSpacingd(MapTransform):
+    """Resample ``image`` (linear, back to its dtype) and ``label`` (nearest) to ``spacing`` mm per axis."""
+
+    def __init__(self, spacing: list[float]):
+        super().__init__(keys=["image", "label"], allow_missing_keys=True)
+        self.target = [float(s) for s in spacing]
+
+    def __call__(self, d: dict) -> dict:
+        from monai.transforms import Zoom
+
+        if not d.get("spacing"):
+            raise MedcompError(f"{d['image'] if isinstance(d['image'], str) else d['id']}: no spacing to resample from")
+        if len(self.target) != len(d["spacing"]):
+            raise MedcompError(f"data.spacing has {len(self.target)} axes, {d['id']} has {len(d['spacing'])}")
+        zoom = [s / t for s, t in zip(d["spacing"], self.target)]
+        out = dict(d)
+        for key, mode in (("image", "trilinear" if len(zoom) == 3 else "bilinear"), ("label", "nearest")):
+            if key in d and d[key] is not None and not isinstance(d[key], str):
+                a = d[key]
+                z = Zoom(zoom, mode=mode, keep_size=False, dtype=torch.float32)(torch.from_numpy(a.astype(np.float32))[None])
+                z = np.asarray(z[0])
+                out[key] = z.round().astype(a.dtype) if np.issubdtype(a.dtype, np.integer) else z.astype(a.dtype)
+        out["spacing"] = list(self.target)
+        return out
+
+
+class CropToBlocksd(MapTransform):
+    """Padding policy ``crop``: centre-crop each axis to a whole number of blocks (policy ``edge`` leaves the
+    array alone; the block layout then pads the last block by repeating the edge)."""
+
+    def __init__(self, block: list[int]):
+        super().__init__(keys=["image", "label"], allow_missing_keys=True)
+        self.block = [int(b) for b in block]
+
+    def __call__(self, d: dict) -> dict:
+        out = dict(d)
+        shape = d["image"].shape
+        if len(shape) != len(self.block):
+            return out
+        keep = [max(b, s // b * b) if s >= b else s for s, b in zip(shape, self.block)]
+        sl = tuple(slice((s - k) // 2, (s - k) // 2 + k) for s, k in zip(shape, keep))
+        for key in ("image", "label"):
+            if key in d and not isinstance(d[key], str) and d[key] is not None:
+                out[key] = np.ascontiguousarray(d[key][sl])
+        return out
+
+
+class ToTensorsd(MapTransform):
+    """Arrays → tensors, so an on-disk cache loads with ``torch.load(weights_only=True)``."""
+
+    def __init__(self):
+        super().__init__(keys=["image", "label"], allow_missing_keys=True)
+
+    def __call__(self, d: dict) -> dict:
+        out = dict(d)
+        for key in ("image", "label"):
+            if isinstance(d.get(key), np.ndarray):
+                out[key] = torch.from_numpy(d[key])
+        return out
+
+
+def case_transforms(spacing=None, window=None, padding="edge", block=None, load_labels=False):
+    from monai.transforms import Compose, ScaleIntensityRanged
+
+    chain = [LoadCased(load_labels)]
+    if spacing:
+        chain.append(ResampleToSpacingd(spacing))
+    if window:
+        centre, width = window  # HU window → [0, 1] (analysis inputs; codecs keep stored units: window null)
+        chain.append(ScaleIntensityRanged(keys=["image"], a_min=centre - width / 2, a_max=centre + width / 2,
+                                          b_min=0.0, b_max=1.0, clip=True))
+    if padding == "crop" and block:
+        chain.append(CropToBlocksd(block))
+    elif padding not in ("edge", "crop"):
+        raise MedcompError(f"data.padding={padding!r}: expected edge or crop")
+    chain.append(ToTensorsd())
+    return Compose(chain)
+
+
+def monai_dataset(cases: list[dict], transform, cache: str = "none", cache_dir: str | None = None,
+                  num_workers: int = 0):
+    """``cache``: none (read every time), memory (MONAI CacheDataset), disk (MONAI PersistentDataset)."""
+    from monai.data import CacheDataset, Dataset, PersistentDataset
+
+    if cache == "none":
+        return Dataset(cases, transform)
+    if cache == "memory":
+        return CacheDataset(cases, transform, cache_rate=1.0, num_workers=num_workers or None, progress=False)
+    if cache == "disk":
+        if not cache_dir:
+            raise MedcompError("data.cache=disk needs data.cache_dir (outside the dataset folder)")
+        return PersistentDataset(cases, transform, cache_dir=cache_dir)
+    raise MedcompError(f"data.cache={cache!r}: expected none, memory or disk")
+
+
+# ── the data config every dataset shares ─────────────────────────────────────────────────────────────────────────
+
+
+class DatasetDataModule:
+    """What ``data=<name>`` instantiates. Not itself a LightningDataModule: ``view_for(model)`` gives the one the
+    model needs (codecs: images of ``split`` as blocks; classifiers: labelled 2-D batches)."""
+
+    def __init__(self, name: str, root: str | None, split: str = "test", max_cases: int | None = 1,
+                 val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 42, download: bool = False,
+                 spacing: list[float] | None = None, window: list[float] | None = None, padding: str = "edge",
+                 cache: str = "none", cache_dir: str | None = None, num_workers: int = 0,
+                 persistent_workers: bool = False, load_labels: bool = False, lister_options: dict | None = None,
+                 # for codecs (BlockDataModule)
+                 block_size: list[int] | None = None, block_size_2d: list[int] = (256, 256),
+                 block_size_3d: list[int] = (32, 32, 32), normalise: str = "block", points_per_block: int = 4096,
+                 steps_per_epoch: int = 100,
+                 # for classifiers (2-D radiograph datasets)
+                 findings: list[str] | None = None, image_size: int = 224, resolution: int | None = None,
+                 degrade_jpeg: bool = False, jpeg_ratio: float | None = None, jpeg_bpp: float | None = None,
+                 batch_size: int = 32, max_train: int | None = None, images=None):
+        if name not in DATASETS:
+            raise MedcompError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
+        self.name, self.root, self.split, self.max_cases = name, root, split, max_cases
+        self.split_args = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+        self.list_options = {"download": download, **(lister_options or {})}
+        self.transform_args = {"spacing": spacing, "window": window, "padding": padding, "load_labels": load_labels}
+        self.cache_args = {"cache": cache, "cache_dir": cache_dir, "num_workers": num_workers}
+        self.persistent_workers = persistent_workers
+        self.codec_args = {"block_size": block_size, "block_size_2d": block_size_2d, "block_size_3d": block_size_3d,
+                           "normalise": normalise, "points_per_block": points_per_block,
+                           "steps_per_epoch": steps_per_epoch, "seed": seed}
+        self.classification_args = {"findings": findings or [], "image_size": image_size, "resolution": resolution,
+                                    "degrade_jpeg": degrade_jpeg, "jpeg_ratio": jpeg_ratio, "jpeg_bpp": jpeg_bpp,
+                                    "batch_size": batch_size, "max_train": max_train}
+        self._images = images
+
+    def cases(self, split: str | None = None) -> list[dict]:
+        listed = list_cases(self.name, self.root, **self.list_options)
+        return split_cases(listed, split or self.split, **self.split_args)
+
+    def view_for(self, model) -> L.LightningDataModule:
+        if getattr(model, "is_classifier", False):
+            return self.classification_view()
+        return self.codec_view()
+
+    def codec_view(self) -> BlockDataModule:
+        return CasesBlockDataModule(self, images=self._images, **self.codec_args)
+
+    def classification_view(self) -> L.LightningDataModule:
+        if DATASETS[self.name].kind != "cxr":
+            raise MedcompError(f"data={self.name} has volumes, not labelled radiographs: the classifiers take "
+                               f"data=kermany, chestxray8, vindr_cxr or pneumoniamnist")
+        if self.name == "kermany":  # small enough to hold in memory, decoded once
+            from medcomp.data.cxr import CXRClassificationDataModule
+
+            return CXRClassificationDataModule("kermany", self.root, seed=self.split_args["seed"],
+                                               val_fraction=self.split_args["val_fraction"],
+                                               num_workers=self.cache_args["num_workers"],
+                                               persistent_workers=self.persistent_workers, **self.classification_args)
+        return CasesClassificationDataModule(self, **self.classification_args)
+
+
+class CasesBlockDataModule(BlockDataModule):
+    """The first ``max_cases`` cases of the split, read through the transform chain, as images for a codec."""
+
+    def __init__(self, source: DatasetDataModule, images=None, **block_args):
+        super().__init__(images=images, **block_args)
+        self.source = source
+
+    def load_images(self) -> list[Image]:
+        s = self.source
+        cases = s.cases()
+        if not cases:
+            raise MedcompError(f"data={s.name}: no cases in split {s.split!r} under {s.root}")
+        cases = cases[: s.max_cases] if s.max_cases else cases
+        block = self.block_size
+        ds = monai_dataset(cases, case_transforms(block=block, **s.transform_args), **s.cache_args)
+        images = []
+        for i in range(len(ds)):
+            item = ds[i]
+            array = item["image"].numpy() if isinstance(item["image"], torch.Tensor) else np.asarray(item["image"])
+            name = re.sub(r"[^A-Za-z0-9._-]+", "_", item["id"])
+            images.append(Image(array, tuple(item["spacing"]) if item.get("spacing") else None,
+                                {**item.get("meta", {}), "dataset": s.name}, name))
+            log.info("%s %s: %s %s, spacing %s", s.name, item["id"], array.shape, array.dtype, item.get("spacing"))
+        return images
+
+
+# ── labelled radiographs, read lazily (ChestX-ray8 has 112k images) ─────────────────────────────────────────────
+
+
+class _RadiographItems(torch.utils.data.Dataset):
+    def __init__(self, base, names: list[str], image_size: int, resolution: int | None, jpeg_quality: int | None):
+        self.base, self.names = base, names
+        self.image_size, self.resolution, self.jpeg_quality = image_size, resolution, jpeg_quality
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        item = self.base[i]
+        a = item["image"].float()
+        if a.dim() == 3:  # a stored multi-frame radiograph: its first frame
+            a = a[0]
+        lo, hi = a.min(), a.max()
+        a = (a - lo) / (hi - lo) if hi > lo else torch.zeros_like(a)
+        if item.get("meta", {}).get("photometric") == "MONOCHROME1":  # DICOM: bright means low values; flip
+            a = 1 - a
+        image = F.interpolate(a[None, None], size=(self.image_size,) * 2, mode="area")[0]
+        targets = torch.tensor([float(item["targets"][n]) for n in self.names])
+        out = {"image": image, "label": (targets.max() > 0).long(), "findings": targets}
+        if self.resolution and self.resolution < self.image_size:
+            out["lowres"] = F.interpolate(image[None], size=(self.resolution,) * 2, mode="area")[0]
+        if self.jpeg_quality is not None:
+            import imagecodecs
+
+            from medcomp.data.cxr import jpeg_bytes
+
+            u8 = (image[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+            out["jpeg"] = torch.from_numpy(imagecodecs.jpeg8_decode(jpeg_bytes(u8, self.jpeg_quality)))[None].float() / 255
+        return out
+
+
+class CasesClassificationDataModule(L.LightningDataModule):
+    """Labelled radiographs (ChestX-ray8, VinDr-CXR): MCCT label = any finding; MLCT findings = ``findings``."""
+
+    def __init__(self, source: DatasetDataModule, findings: list[str], image_size: int = 224,
+                 resolution: int | None = None, degrade_jpeg: bool = False, jpeg_ratio: float | None = None,
+                 jpeg_bpp: float | None = None, batch_size: int = 32, max_train: int | None = None):
+        super().__init__()
+        self.source, self.finding_names = source, list(findings)
+        self.image_size, self.resolution, self.batch_size, self.max_train = image_size, resolution, batch_size, max_train
+        self.degrade_jpeg, self.jpeg_ratio, self.jpeg_bpp = degrade_jpeg, jpeg_ratio, jpeg_bpp
+        self.degrade_quality, self.jpeg, self.items = None, {}, {}
+
+    def setup(self, stage=None):
+        if self.items:
+            return
+        s = self.source
+        transform = case_transforms(**{**s.transform_args, "padding": "edge"})
+        for split in ("train", "val", "test"):
+            cases = s.cases(split)
+            if split == "train" and self.max_train:
+                cases = cases[: self.max_train]
+            if not cases:
+                raise MedcompError(f"data={s.name}: split {split!r} is empty under {s.root}")
+            missing = [n for n in self.finding_names if n not in cases[0]["targets"]]
+            if missing:
+                raise MedcompError(f"data.findings: {missing[0]!r} is not a {s.name} label "
+                                   f"(labels: {', '.join(cases[0]['targets'])})")
+            self.items[split] = monai_dataset(cases, transform, **s.cache_args)
+        if self.degrade_jpeg:
+            from medcomp.codecs.base import Target
+            from medcomp.data.cxr import jpeg_quality_for
+
+            plain = _RadiographItems(self.items["train"], self.finding_names, self.image_size, None, None)
+            sample = np.stack([(plain[i]["image"][0] * 255).round().byte().numpy()
+                               for i in range(min(len(plain), 64))])
+            target = Target(ratio=self.jpeg_ratio, bpp=None if self.jpeg_ratio else self.jpeg_bpp)
+            self.degrade_quality, ratio = jpeg_quality_for(sample, target)
+            # Measured from the JPEG files of a training sample (the split is read lazily, image by image).
+            self.jpeg = {"quality": self.degrade_quality, "ratio_target": self.jpeg_ratio or 8.0 / self.jpeg_bpp,
+                         "ratio_actual_train_sample": ratio, "sample_images": len(sample)}
+
+    def _loader(self, split: str, shuffle: bool):
+        ds = _RadiographItems(self.items[split], self.finding_names, self.image_size, self.resolution,
+                              self.degrade_quality)
+        workers = self.source.cache_args["num_workers"]
+        return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=workers,
+                                           persistent_workers=self.source.persistent_workers and workers > 0)
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
