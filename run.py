@@ -2,8 +2,14 @@
 
 import sys
 
+from pathlib import Path
+
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+
+# ${mkdir:DIR} makes DIR and returns it: an sqlite-backed Optuna study needs its folder before the first job runs.
+OmegaConf.register_new_resolver("mkdir", lambda d: (Path(d).mkdir(parents=True, exist_ok=True), str(d))[1],
+                                replace=True)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

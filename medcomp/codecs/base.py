@@ -152,11 +152,32 @@ def _load_builtin_codecs():
     import medcomp.models.unicompress  # noqa: F401
 
 
+MAX_DECODED_VOXELS = 1 << 32  # a header asking for more is corrupt, not a reason to allocate terabytes
+
+
 def decode_container(container: Container, **kwargs) -> Image:
-    codec = get_codec(container.codec, **kwargs)
-    array = codec.decode(container)
+    """Decode with the codec the file names. A file whose CRC is right but whose header or payload does not fit
+    its codec (hand-edited, or written by a buggy encoder) gives a CorruptFileError, never another exception."""
+    from medcomp.errors import CorruptFileError
+
     header = container.header
-    expected = tuple(header["shape"])
+    shape = header.get("shape")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 4
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        raise CorruptFileError(f".mcz header: shape {shape!r} is not a list of 1–4 positive integers")
+    if math.prod(shape) > MAX_DECODED_VOXELS:
+        raise CorruptFileError(f".mcz header: shape {shape} is larger than any image medcomp writes")
+    codec = get_codec(container.codec, **kwargs)
+    try:
+        array = codec.decode(container)
+    except MedcompError:
+        raise
+    except MemoryError as exc:
+        raise CorruptFileError(f".mcz payload of codec {container.codec!r} asks for more memory than there is") from exc
+    except Exception as exc:  # noqa: BLE001 — any other failure means the header and payload do not agree
+        raise CorruptFileError(f".mcz payload does not decode as {container.codec!r} "
+                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    expected = tuple(shape)
     if array.shape != expected:
         raise MedcompError(f"decoded shape {array.shape} differs from the header's {expected}: corrupt .mcz")
     return Image(array, tuple(header["spacing"]) if header.get("spacing") else None, {"codec": container.codec})

@@ -1,0 +1,89 @@
+"""Fuzzing the .mcz reader and decoders with hypothesis: any byte string gives a clean medcomp error (or, for an
+untouched file, the image), never another exception or a hang. Three kinds of input: arbitrary bytes; arbitrary
+bodies behind the right magic with a correct CRC (so the parser itself is exercised); and real files of every
+classical codec and of SIREN with bytes changed and the CRC recomputed (so the decoders are exercised)."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from medcomp.codecs.base import Target, decode_container, get_codec
+from medcomp.codecs.container import MAGIC, Container
+from medcomp.data.image import Image
+from medcomp.errors import MedcompError
+
+FUZZ = settings(max_examples=2000, deadline=2000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+
+
+def with_crc(body: bytes) -> bytes:
+    return body + struct.pack("<I", zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def parse_and_decode(data: bytes):
+    try:
+        decode_container(Container.from_bytes(data, "fuzz.mcz"))
+    except MedcompError as exc:
+        assert "\n" not in str(exc)  # one line, as the CLI prints it
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_arbitrary_bytes(data):
+    parse_and_decode(data)
+
+
+@FUZZ
+@given(st.binary(max_size=512))
+def test_bodies_with_valid_magic_and_crc(body):
+    parse_and_decode(with_crc(MAGIC + body))
+
+
+@FUZZ
+@given(version=st.integers(0, 3), codec=st.sampled_from(["jpeg2000", "jpeg", "siren", "hevc", "nope", ""]),
+       header=st.recursive(st.none() | st.booleans() | st.integers(-10, 10**12) | st.text(max_size=8),
+                           lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+                           max_leaves=12),
+       payload=st.binary(max_size=256))
+def test_structured_containers_with_garbage_headers(version, codec, header, payload):
+    c = codec.encode()
+    import json
+
+    h = json.dumps({"shape": header} if not isinstance(header, dict) else header).encode()
+    body = (MAGIC + struct.pack("<HB", version, len(c)) + c + struct.pack("<I", len(h)) + h + struct.pack("<H", 1)
+            + struct.pack("<B", 4) + b"data" + struct.pack("<Q", len(payload)) + payload)
+    parse_and_decode(with_crc(body))
+
+
+def _real_files() -> list[bytes]:
+    rng = np.random.default_rng(0)
+    image = Image((np.add.outer(np.arange(24), np.arange(20)) * 40 + rng.integers(0, 30, (24, 20))).astype(np.uint16),
+                  (1.0, 1.0), {}, "fuzz")
+    return [get_codec(name).encode(image, Target(ratio=4)).to_bytes() for name in ("jpeg", "jpeg2000", "jpegxl", "jpegls")]
+
+
+REAL = _real_files()
+
+
+@FUZZ
+@given(which=st.integers(0, len(REAL) - 1), edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)),
+                                                           min_size=1, max_size=6), cut=st.integers(0, 64))
+def test_mutated_real_files(which, edits, cut):
+    body = bytearray(REAL[which][:-4])
+    for pos, value in edits:
+        body[pos % len(body)] = value
+    parse_and_decode(with_crc(bytes(body[: max(len(MAGIC), len(body) - cut)])))
+
+
+def test_untouched_real_files_decode():
+    for data in REAL:
+        assert decode_container(Container.from_bytes(data)).array.shape == (24, 20)
+
+
+@pytest.mark.parametrize("shape", [[0, 4], [-1], "big", [2**20, 2**20, 2**20], [1.5, 2], [True, 3]])
+def test_header_shapes_are_checked_before_allocating(shape):
+    with pytest.raises(MedcompError, match="shape"):
+        decode_container(Container("jpeg", {"shape": shape, "dtype": "uint8"}, {"data": b""}))

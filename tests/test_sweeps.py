@@ -1,0 +1,41 @@
+"""Optuna sweeps resume from their sqlite storage; strategy configs compose."""
+
+import sqlite3
+
+import pytest
+
+from medcomp.pipeline import compose
+from tests.test_run import run_py
+
+
+@pytest.mark.slow
+def test_optuna_study_resumes_from_sqlite(tmp_path):
+    common = ["hparams_search=siren_optuna", "debug=fdr", "logger=none", "callbacks=none", "baselines=[]",
+              f"paths.log_dir={tmp_path}"]
+    r = run_py(*common, "hydra.sweeper.n_trials=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    db = tmp_path / "optuna" / "siren_sample_cr256.db"
+
+    def trials():
+        with sqlite3.connect(db) as con:
+            return con.execute("select state, count(*) from trials group by state").fetchall()
+
+    assert trials() == [("COMPLETE", 2)]
+    # The same command again (e.g. after the first was killed): the study goes on, the two trials are kept.
+    r = run_py(*common, "hydra.sweeper.n_trials=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert trials() == [("COMPLETE", 3)]
+    with sqlite3.connect(db) as con:
+        values = [v for (v,) in con.execute("select value from trial_values")]
+    assert len(values) == 3 and all(v > 0 for v in values)  # the task returned the configured metric (PSNR)
+
+
+@pytest.mark.parametrize("trainer,strategy", [("ddp", "ddp"), ("ddp_spawn", "ddp_spawn"), ("fsdp", "fsdp"),
+                                              ("multinode", "ddp")])
+def test_strategy_configs_compose(trainer, strategy, monkeypatch):
+    monkeypatch.setenv("SLURM_NNODES", "3")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "4")
+    cfg = compose([f"trainer={trainer}"])
+    assert cfg.trainer.strategy == strategy
+    if trainer == "multinode":
+        assert cfg.trainer.num_nodes == 3 and cfg.trainer.devices == 4
