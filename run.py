@@ -1,7 +1,6 @@
 """Hydra entry point: python run.py model=siren data=sample compression=cr64"""
 
 import sys
-
 from pathlib import Path
 
 import hydra
