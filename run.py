@@ -1,6 +1,8 @@
 """Hydra entry point: python run.py model=siren data=sample compression=cr64"""
 
+import json
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -9,6 +11,27 @@ from omegaconf import DictConfig, OmegaConf
 # ${mkdir:DIR} makes DIR and returns it: an sqlite-backed Optuna study needs its folder before the first job runs.
 OmegaConf.register_new_resolver("mkdir", lambda d: (Path(d).mkdir(parents=True, exist_ok=True), str(d))[1],
                                 replace=True)
+
+FAILED_JOBS: list[str] = []  # in a multirun: the jobs that failed (the others still run)
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _job_failed(cfg: DictConfig, message: str, code: int) -> float:
+    """A failed job of a multirun: say so, leave ``failed.json`` in its directory, let the sweep go on (an Optuna
+    trial that returns NaN is marked failed)."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    from medcomp.utils.atomic import atomic_write_text
+
+    atomic_write_text(out / "failed.json", json.dumps({"error": message, "exit_code": code}, indent=2))
+    FAILED_JOBS.append(f"{out}: {message.splitlines()[-1] if message else ''}")
+    return float("nan")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -22,9 +45,17 @@ def main(cfg: DictConfig) -> float | None:
     except MedcompError as exc:
         finish_wandb(exit_code=2)
         print(f"medcomp: error: {exc}", file=sys.stderr)
+        if _in_multirun():
+            return _job_failed(cfg, str(exc), 2)
         sys.exit(2)
-    except BaseException:
+    except (KeyboardInterrupt, SystemExit):
         finish_wandb(exit_code=1)
+        raise
+    except Exception:
+        finish_wandb(exit_code=1)
+        if _in_multirun():  # one broken job must not stop or corrupt the others
+            print(traceback.format_exc(), file=sys.stderr)
+            return _job_failed(cfg, traceback.format_exc(), 1)
         raise
     finish_wandb()
     codec, _, key = str(cfg.optimized_metric).partition("/")
@@ -34,3 +65,7 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     main()
+    if FAILED_JOBS:
+        print(f"medcomp: error: {len(FAILED_JOBS)} job(s) of the multirun failed; see failed.json in: "
+              + "; ".join(FAILED_JOBS), file=sys.stderr)
+        sys.exit(2)

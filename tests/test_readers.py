@@ -203,3 +203,31 @@ def test_sample_images_are_real_and_keep_bit_depth():
     assert mr.array.dtype == np.uint16 and mr.meta["rescale"]["applied"] is False
     assert cr.array.dtype == np.uint16 and cr.array.max() > 255 * 16  # 15-bit CR, not squashed
     assert pydicom.dcmread(sample_files(["693_UNCR.dcm"])[0]).Modality == "CT"
+
+
+@pytest.mark.parametrize("kind", ["nrrd", "mha", "hdf5", "png", "empty_dicom_folder"])
+def test_corrupt_inputs_name_the_file(tmp_path, kind):
+    import SimpleITK as sitk
+    from PIL import Image as PILImage
+
+    vol = smooth_volume((6, 16, 16))
+    if kind in ("nrrd", "mha"):
+        good = tmp_path / f"v.{kind}"
+        sitk.WriteImage(sitk.GetImageFromArray(vol), str(good))
+        bad = tmp_path / f"t.{kind}"
+        bad.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    elif kind == "hdf5":
+        bad = tmp_path / "t.h5"
+        bad.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 64)
+    elif kind == "png":
+        good = tmp_path / "g.png"
+        PILImage.fromarray((vol[0] % 255).astype(np.uint8)).save(good)
+        bad = tmp_path / "t.png"
+        bad.write_bytes(good.read_bytes()[:60])
+    else:
+        bad = tmp_path / "series"
+        bad.mkdir()
+        (bad / "readme.txt").write_text("not an image")
+    with pytest.raises(MedcompError) as err:
+        read_image(bad)
+    assert bad.name in str(err.value) and "\n" not in str(err.value)

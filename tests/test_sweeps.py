@@ -1,5 +1,6 @@
 """Optuna sweeps resume from their sqlite storage; strategy configs compose."""
 
+import json
 import sqlite3
 
 import pytest
@@ -39,3 +40,14 @@ def test_strategy_configs_compose(trainer, strategy, monkeypatch):
     assert cfg.trainer.strategy == strategy
     if trainer == "multinode":
         assert cfg.trainer.num_nodes == 3 and cfg.trainer.devices == 4
+
+
+def test_one_failing_job_does_not_stop_the_multirun(tmp_path, shared):
+    r = run_py("-m", "model=siren", "data=volume", f"data.path={tmp_path / 'missing.nii.gz'},"
+               f"{shared / 'ct' / 'chest_ct_slice.dcm'}", "debug=fdr", "logger=none", "callbacks=none", "baselines=[]",
+               "compression=cr10", f"paths.log_dir={tmp_path}/logs")
+    assert r.returncode == 2
+    assert "1 job(s) of the multirun failed" in r.stderr.strip().splitlines()[-1]
+    sweep = next((tmp_path / "logs" / "run" / "multiruns").iterdir())
+    assert (sweep / "0" / "failed.json").exists() and not (sweep / "0" / "metrics.json").exists()
+    assert json.loads((sweep / "1" / "metrics.json").read_text())["summary"]["siren"]["psnr"] > 0
