@@ -6,11 +6,9 @@ import traceback
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-# ${mkdir:DIR} makes DIR and returns it: an sqlite-backed Optuna study needs its folder before the first job runs.
-OmegaConf.register_new_resolver("mkdir", lambda d: (Path(d).mkdir(parents=True, exist_ok=True), str(d))[1],
-                                replace=True)
+import medcomp.utils.resolvers  # noqa: F401 — ${mkdir:…}, ${sweep_group:} in the configs
 
 FAILED_JOBS: list[str] = []  # in a multirun: the jobs that failed (the others still run)
 

@@ -138,6 +138,8 @@ def compose(overrides: list[str]) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    import medcomp.utils.resolvers  # noqa: F401
+
     if GlobalHydra.instance().is_initialized():  # inside run.py (a learned baseline): Hydra already has conf/
         return hydra_compose(config_name="config", overrides=overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -235,6 +237,9 @@ def classifier_results(cfg: DictConfig, model, dm, trainer, fit_s: float, logger
             import wandb
 
             lg.experiment.log({"attention": wandb.Image(str(figure))})
+            run = lg.experiment
+            log_artifact(run, f"figures-{cfg.task_name}-{run.id}", "figures", [figure])
+            log_artifact(run, f"checkpoints-{cfg.task_name}-{run.id}", "model", sorted((out / "checkpoints").glob("*")))
         lg.save()
     print(classification_table([{"split": "val (selection)", "auroc": model.best_val},
                                 {"split": "test", **summary["test"]}],
@@ -263,6 +268,19 @@ def attention_figure(model, dm, path: Path, n: int = 4) -> Path:
         maps = model.attention_maps(batch)
     shown = {name: levels[-1].cpu().numpy() for name, levels in maps.items()}
     return draw(batch["image"][:, 0].cpu().numpy(), shown, path, title="class-token attention, last level")
+
+
+def log_artifact(run, name: str, kind: str, paths: list[Path]) -> None:
+    """Files as one W&B artifact (offline runs keep it for `wandb sync`)."""
+    import wandb
+
+    files = [Path(p) for p in paths if Path(p).is_file()]
+    if not files:
+        return
+    art = wandb.Artifact(name, type=kind)
+    for p in files:
+        art.add_file(str(p))
+    run.log_artifact(art)
 
 
 def _log_row(row: dict) -> None:
@@ -301,8 +319,8 @@ def _log_results(loggers, summary, rows, figures, mcz_files, cfg):
             run.log({"reconstructions": [wandb.Image(str(p), caption=p.stem) for p in figures]})
             cols = ["codec", "image", "ratio_target", "ratio_actual", "bpp", "psnr", "ssim", "encode_s", "decode_s"]
             run.log({"rd_points": wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows])})
-            art = wandb.Artifact(f"mcz-{cfg.task_name}-{run.id}", type="compressed-images")
-            for p in mcz_files:
-                art.add_file(str(p))
-            run.log_artifact(art)
+            log_artifact(run, f"mcz-{cfg.task_name}-{run.id}", "compressed-images", mcz_files)
+            log_artifact(run, f"figures-{cfg.task_name}-{run.id}", "figures", figures)
+            log_artifact(run, f"checkpoints-{cfg.task_name}-{run.id}", "model",
+                         sorted((Path(cfg.paths.output_dir) / "checkpoints").glob("*")))
         lg.save()

@@ -51,3 +51,17 @@ def test_one_failing_job_does_not_stop_the_multirun(tmp_path, shared):
     sweep = next((tmp_path / "logs" / "run" / "multiruns").iterdir())
     assert (sweep / "0" / "failed.json").exists() and not (sweep / "0" / "metrics.json").exists()
     assert json.loads((sweep / "1" / "metrics.json").read_text())["summary"]["siren"]["psnr"] > 0
+
+
+def test_multirun_jobs_share_a_wandb_group_and_log_artifacts(tmp_path):
+    from tests.wandb_records import artifact_types, run_group
+
+    r = run_py("-m", "model=siren", "compression=cr64,cr256", "debug=fdr", "logger=wandb", "baselines=[]",
+               f"paths.log_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    files = sorted(tmp_path.rglob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2  # one W&B run per job
+    groups = {run_group(f) for f in files}
+    assert len(groups) == 1 and groups.pop().startswith("run-")
+    kinds = set(artifact_types(files[0]).values())
+    assert {"compressed-images", "figures"} <= kinds

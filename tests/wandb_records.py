@@ -49,3 +49,12 @@ def logged_values(path) -> dict:
 
 def record_kinds(path) -> set:
     return {r.WhichOneof("record_type") for r in records(path)}
+
+
+def run_group(path) -> str:
+    return next(r.run.run_group for r in records(path) if r.WhichOneof("record_type") == "run")
+
+
+def artifact_types(path) -> dict:
+    """Artifact name → type, for every artifact the run logged."""
+    return {r.artifact.name: r.artifact.type for r in records(path) if r.WhichOneof("record_type") == "artifact"}
