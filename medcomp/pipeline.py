@@ -84,6 +84,7 @@ def fit_model(cfg: DictConfig, images: list[Image] | None = None, loggers: list 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks += extra_callbacks or []
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    _children_run_this_job_only(cfg)
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
     fit_s = time.perf_counter() - t0
@@ -92,6 +93,39 @@ def fit_model(cfg: DictConfig, images: list[Image] | None = None, loggers: list 
         # The fitted model, for a later stage (e.g. the UniCompress teacher a student distils from).
         trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt", weights_only=False)
     return model, dm, trainer, fit_s
+
+
+_RANK_VARIABLES = {"LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                   "MASTER_PORT", "PL_TRAINER_GPUS"}
+_ENV_AT_START = set(__import__("os").environ)
+
+
+def _children_run_this_job_only(cfg: DictConfig) -> None:
+    """Multirun × DDP. Lightning starts ranks > 0 by re-running ``sys.argv`` (with ``-m`` and the whole grid)
+    and puts them in ``hydra.run.dir`` (a new timestamped folder): rank 1 would re-launch the sweep. Inside a
+    multirun job, make both mean this job: its own overrides, its own directory."""
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import read_write
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    # The previous job's DDP left its rank variables in this process: Lightning would then think the ranks are
+    # started by someone else and wait for a rank 1 that never comes. Clear what was not there at start-up.
+    import os
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key in _RANK_VARIABLES - _ENV_AT_START:
+        os.environ.pop(key, None)
+    hydra_cfg = HydraConfig.instance().cfg.hydra
+    with read_write(hydra_cfg.run):
+        hydra_cfg.run.dir = str(cfg.paths.output_dir)
+    sys.argv = [sys.argv[0], *HydraConfig.get().overrides.task]
 
 
 def _command_line() -> str:

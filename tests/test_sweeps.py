@@ -65,3 +65,31 @@ def test_multirun_jobs_share_a_wandb_group_and_log_artifacts(tmp_path):
     assert len(groups) == 1 and groups.pop().startswith("run-")
     kinds = set(artifact_types(files[0]).values())
     assert {"compressed-images", "figures"} <= kinds
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    r = run_py("model=siren", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu", "debug=limit",
+               "logger=csv", "callbacks=none", "baselines=[]", "compression=cr64", f"paths.log_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = list((tmp_path / "run" / "runs").iterdir())
+    assert len(runs) == 1  # rank 1 works in rank 0's directory
+    m = json.loads((runs[0] / "metrics.json").read_text())
+    assert m["summary"]["siren"]["psnr"] > 10 and m["summary"]["siren"]["ratio_actual"] > 32
+
+
+@pytest.mark.slow
+def test_multirun_times_ddp_one_directory_and_one_wandb_run_per_point(tmp_path):
+    r = run_py("-m", "model=siren", "compression=cr64,cr256", "trainer=ddp", "trainer.devices=2",
+               "trainer.accelerator=cpu", "debug=limit", "logger=wandb", "callbacks=none", "baselines=[]",
+               f"paths.log_dir={tmp_path}", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (tmp_path / "run" / "runs").exists()  # no stray single-run directories from rank 1
+    sweeps = list((tmp_path / "run" / "multiruns").iterdir())
+    assert len(sweeps) == 1  # rank 1 never re-launched the sweep
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]
+    for job in jobs:
+        m = json.loads((job / "metrics.json").read_text())
+        assert m["summary"]["siren"]["psnr"] > 10
+    assert len(list(tmp_path.rglob("offline-run-*/run-*.wandb"))) == 2  # rank zero only
