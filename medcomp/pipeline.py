@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from medcomp.codecs.base import Target, decode_container, get_codec, learned_codecs
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image
+from medcomp.errors import MedcompError
 from medcomp.metrics import bits_per_pixel, compression_ratio, ms_ssim, psnr, ssim
 from medcomp.utils.atomic import atomic_write_bytes, atomic_write_text
 
@@ -85,14 +86,46 @@ def fit_model(cfg: DictConfig, images: list[Image] | None = None, loggers: list 
     callbacks += extra_callbacks or []
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     _children_run_this_job_only(cfg)
+    ckpt = resume_checkpoint(cfg)
     t0 = time.perf_counter()
-    trainer.fit(model, datamodule=dm)
+    trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     fit_s = time.perf_counter() - t0
     model.output_dir, model.made_by = cfg.paths.output_dir, _command_line()
     if not trainer.fast_dev_run and cfg.get("save_final_checkpoint", True):
         # The fitted model, for a later stage (e.g. the UniCompress teacher a student distils from).
         trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt", weights_only=False)
     return model, dm, trainer, fit_s
+
+
+def resume_checkpoint(cfg: DictConfig) -> Path | None:
+    """``resume=auto``: the ``last.ckpt`` of the newest unfinished run of this task with the same overrides (the
+    same command without ``resume=…``); ``resume=PATH``: that checkpoint; ``resume=null``: start afresh."""
+    choice = cfg.get("resume")
+    if not choice:
+        return None
+    if str(choice) != "auto":
+        p = Path(str(choice)).expanduser()
+        if not p.is_file():
+            raise MedcompError(f"{p}: checkpoint to resume from not found")
+        return p
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf as OC
+
+    if not HydraConfig.initialized():
+        return None
+    mine = sorted(o for o in HydraConfig.get().overrides.task if not o.startswith("resume="))
+    here = Path(cfg.paths.output_dir).resolve()
+    runs = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+    for run in sorted(runs.glob("*"), reverse=True):
+        last, overrides = run / "checkpoints" / "last.ckpt", run / ".hydra" / "overrides.yaml"
+        if run.resolve() == here or not last.is_file() or not overrides.is_file() or (run / "metrics.json").exists():
+            continue
+        theirs = sorted(o for o in OC.load(overrides) if not str(o).startswith("resume="))
+        if theirs == mine:
+            log.info("resume=auto: continuing %s", last)
+            return last
+    log.info("resume=auto: no unfinished run with these overrides under %s; starting afresh", runs)
+    return None
 
 
 _RANK_VARIABLES = {"LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",

@@ -93,3 +93,36 @@ def test_multirun_times_ddp_one_directory_and_one_wandb_run_per_point(tmp_path):
         m = json.loads((job / "metrics.json").read_text())
         assert m["summary"]["siren"]["psnr"] > 10
     assert len(list(tmp_path.rglob("offline-run-*/run-*.wandb"))) == 2  # rank zero only
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_auto_gives_the_uninterrupted_metrics(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    common = ["model=siren", "logger=none", "baselines=[]", "compression=cr64", "model.fit_steps=1500",
+              "data.steps_per_epoch=100", f"paths.log_dir={tmp_path}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    assert run_py(*common, "task_name=reference").returncode == 0
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *common, "task_name=killed"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("killed/runs/*/checkpoints/last.ckpt")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = next(tmp_path.glob("killed/runs/*"))
+    assert not (killed / "metrics.json").exists() and not (killed / "mcz").exists()  # it died while training
+    r = run_py(*common, "task_name=killed", "resume=auto")
+    assert r.returncode == 0, r.stderr[-3000:]
+    resumed = next(p for p in tmp_path.glob("killed/runs/*") if (p / "metrics.json").exists())
+    assert "Restored all states" in (resumed / "run.log").read_text() or "Restored all states" in r.stderr
+    ref = json.loads(next(tmp_path.glob("reference/runs/*/metrics.json")).read_text())
+    got = json.loads((resumed / "metrics.json").read_text())
+    assert [i["psnr"] for i in got["images"]] == [i["psnr"] for i in ref["images"]]
+    assert [i["ratio_actual"] for i in got["images"]] == [i["ratio_actual"] for i in ref["images"]]
