@@ -126,3 +126,23 @@ def test_sigkill_then_resume_auto_gives_the_uninterrupted_metrics(tmp_path):
     got = json.loads((resumed / "metrics.json").read_text())
     assert [i["psnr"] for i in got["images"]] == [i["psnr"] for i in ref["images"]]
     assert [i["ratio_actual"] for i in got["images"]] == [i["ratio_actual"] for i in ref["images"]]
+
+
+def test_checkpoints_are_written_then_renamed(tmp_path, monkeypatch):
+    """A failure while a checkpoint is written leaves the previous one intact and no temporary file."""
+    from medcomp.utils.atomic import atomic_checkpoint_io
+
+    io = atomic_checkpoint_io()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+    import lightning.fabric.utilities.cloud_io as cloud_io
+
+    def broken(checkpoint, filepath):
+        open(filepath, "wb").write(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cloud_io, "_atomic_save", broken)
+    with pytest.raises(OSError):
+        io.save_checkpoint({"step": 2}, path)
+    assert io.load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

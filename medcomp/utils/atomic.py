@@ -39,3 +39,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_checkpoint_io():
+    """Lightning's checkpoint writer, made write-then-rename (Lightning writes the file in place: a kill during the
+    write would leave a truncated last.ckpt that resume=auto then trips over)."""
+    from lightning.fabric.utilities import cloud_io
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        def save_checkpoint(self, checkpoint, path, storage_options=None):
+            with atomic_path(path) as tmp:
+                cloud_io._atomic_save(checkpoint, tmp)
+
+    return AtomicCheckpointIO()
