@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import ROOT, run_cli
 from tests.test_datasets import write_dicom
@@ -34,6 +35,7 @@ def files_with_marker(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and MARKER.encode() in p.read_bytes()]
 
 
+@pytest.mark.slow
 def test_no_patient_identifier_reaches_any_output(tmp_path):
     src = phi_dicom(tmp_path / "input" / "scan.dcm")
     logs = tmp_path / "logs"

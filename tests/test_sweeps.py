@@ -42,6 +42,7 @@ def test_strategy_configs_compose(trainer, strategy, monkeypatch):
         assert cfg.trainer.num_nodes == 3 and cfg.trainer.devices == 4
 
 
+@pytest.mark.slow
 def test_one_failing_job_does_not_stop_the_multirun(tmp_path, shared):
     r = run_py("-m", "model=siren", "data=volume", f"data.path={tmp_path / 'missing.nii.gz'},"
                f"{shared / 'ct' / 'chest_ct_slice.dcm'}", "debug=fdr", "logger=none", "callbacks=none", "baselines=[]",
@@ -53,6 +54,7 @@ def test_one_failing_job_does_not_stop_the_multirun(tmp_path, shared):
     assert json.loads((sweep / "1" / "metrics.json").read_text())["summary"]["siren"]["psnr"] > 0
 
 
+@pytest.mark.slow
 def test_multirun_jobs_share_a_wandb_group_and_log_artifacts(tmp_path):
     from tests.wandb_records import artifact_types, run_group
 
