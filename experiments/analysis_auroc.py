@@ -132,6 +132,7 @@ def plot(rows: dict, args, path: Path) -> None:
         a.errorbar(224, t["auroc"], yerr=err(t), fmt="s", color="k", capsize=3, label="teacher 224 px")
     a.set(xscale="log", xlabel="input resolution (px)", ylabel="test AUROC (95 % CI)", title="MLCAK on Kermany")
     a.set_xticks([28, 56, 112, 224], labels=["28", "56", "112", "224"])
+    a.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     a.legend()
     styles = {("dense", False): ("tab:gray", "dense"), ("btt", False): ("tab:green", "BTT"),
               ("dense", True): ("tab:blue", "dense + FAST"), ("btt", True): ("tab:red", "BTT + FAST")}
