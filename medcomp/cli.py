@@ -22,25 +22,19 @@ def _target(args):
 
 
 def cmd_compress(args) -> int:
-    from medcomp.codecs.base import get_codec
+    from medcomp.codecs.base import get_codec, is_learned, learned_codecs
     from medcomp.data.readers import read_image
-    from medcomp.pipeline import evaluate
+    from medcomp.pipeline import encode_learned, evaluate
     from medcomp.utils.atomic import atomic_write_bytes
 
     target = _target(args)
     image = read_image(args.input, key=args.key)
+    learned = is_learned(args.codec)  # imports the codec's module here, so encode_s does not count it
+    if not learned and args.override:
+        raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(learned_codecs()))}), not '{args.codec}'")
+    codec = None if learned else get_codec(args.codec, **_ckpt_kwargs(args.codec, args.ckpt))
     t0 = time.perf_counter()
-    from medcomp.codecs.base import learned_codecs
-
-    learned = learned_codecs()
-    if args.codec in learned:
-        from medcomp.pipeline import encode_learned
-
-        container = encode_learned(args.codec, image, target, args.override)
-    else:
-        if args.override:
-            raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(learned))}), not '{args.codec}'")
-        container = get_codec(args.codec, **_ckpt_kwargs(args.codec, args.ckpt)).encode(image, target)
+    container = encode_learned(args.codec, image, target, args.override) if learned else codec.encode(image, target)
     encode_s = time.perf_counter() - t0
     row, _ = evaluate(image, container, args.codec, encode_s, target, ckpt=args.ckpt)
     atomic_write_bytes(args.output, container.to_bytes())
@@ -51,9 +45,9 @@ def cmd_compress(args) -> int:
 
 def _ckpt_kwargs(codec: str, ckpt: str | None) -> dict:
     """--ckpt goes to the trained codecs (cal_vae, rnn_conv) only."""
-    from medcomp.codecs.base import trained_codecs
+    from medcomp.codecs.base import is_trained, trained_codecs
 
-    if codec in trained_codecs():
+    if is_trained(codec):
         return {"ckpt": ckpt} if ckpt else {}
     if ckpt:
         raise MedcompError(f"--ckpt applies to trained codecs ({', '.join(sorted(trained_codecs()))}), not '{codec}'")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from medcomp.codecs.base import Target, decode_container, get_codec, learned_codecs
+from medcomp.codecs.base import Target, decode_container, get_codec, is_learned
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
@@ -253,7 +253,7 @@ def run_experiment(cfg: DictConfig) -> dict:
         codec = get_codec(name)
         for image in dm.images:
             t0 = time.perf_counter()
-            if name in learned_codecs():  # fitted like run.py would, following this run's trainer limits
+            if is_learned(name):  # fitted like run.py would, following this run's trainer limits
                 container = encode_learned(name, image, target, _learned_overrides(cfg))
             else:
                 container = codec.encode(image, target)

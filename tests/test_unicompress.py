@@ -93,17 +93,32 @@ def test_only_used_codewords_are_stored():
     assert c.header["n_codes"] == 3  # indices {1, 3, 5}
 
 
-def test_width_solver_fills_budget_without_exceeding(tmp_path):
-    """Via a real (1-step) fit: the written file never exceeds the budget and is not far under it."""
-    vol = smooth_volume((16, 48, 48))
-    np.save(tmp_path / "v.npy", vol)
-    r = subprocess.run([sys.executable, str(ROOT / "run.py"), "model=unicompress", "data=volume",
-                        f"data.path={tmp_path / 'v.npy'}", "data.block_size_3d=[8,16,16]", "compression.ratio=24",
-                        "debug=fdr", "logger=none", "baselines=[]", f"paths.log_dir={tmp_path / 'logs'}"],
-                       capture_output=True, text=True, cwd=ROOT)
+def _run(tmp_path, *overrides):
+    r = subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides, "baselines=[]",
+                        f"paths.log_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    m = json.loads(next((tmp_path / "logs").rglob("metrics.json")).read_text())["summary"]["unicompress"]
+    return r
+
+
+VOLUME_ARGS = ["data=volume", "data.block_size_3d=[8,16,16]", "compression.ratio=24"]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    """One 3-step teacher fit, shared by the budget test and the student tests (each run.py start costs seconds)."""
+    tmp = tmp_path_factory.mktemp("teacher")
+    np.save(tmp / "v.npy", smooth_volume((16, 48, 48)))
+    _run(tmp / "logs", "model=unicompress", *VOLUME_ARGS, f"data.path={tmp / 'v.npy'}", "model.fit_steps=3",
+         "logger=none")
+    return {"volume": tmp / "v.npy", "logs": tmp / "logs", "ckpt": next((tmp / "logs").rglob("final.ckpt"))}
+
+
+def test_width_solver_fills_budget_without_exceeding(teacher_run):
+    """Via a real (3-step) fit: the written file never exceeds the budget and is not far under it."""
+    m = json.loads(next(teacher_run["logs"].rglob("metrics.json")).read_text())["summary"]["unicompress"]
+    mcz = next(teacher_run["logs"].rglob("*.unicompress.mcz"))
     assert 24 <= m["ratio_actual"] <= 24 * 1.15
+    assert m["ratio_actual"] == pytest.approx(np.load(teacher_run["volume"]).nbytes / mcz.stat().st_size)
 
 
 def test_target_too_small_is_a_clear_error():
@@ -116,13 +131,6 @@ def test_target_too_small_is_a_clear_error():
         m._solve_width(image, plan_blocks(image.array.shape, (10, 12)), 4)
 
 
-def _run(tmp_path, *overrides):
-    r = subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides, "baselines=[]",
-                        f"paths.log_dir={tmp_path}"], capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return r
-
-
 def test_feature_pretrain_fast_dev_run_saves_a_loadable_extractor(tmp_path):
     from medcomp.nn.pretrained import load_extractor
 
@@ -132,14 +140,9 @@ def test_feature_pretrain_fast_dev_run_saves_a_loadable_extractor(tmp_path):
     assert source == str(tmp_path / "ex.pt") and enc(torch.zeros(2, 1, 40, 40)).shape == (2, 4, 128)
 
 
-def test_student_from_teacher_checkpoint(tmp_path):
-    vol = smooth_volume((16, 48, 48))
-    np.save(tmp_path / "v.npy", vol)
-    data = ["data=volume", f"data.path={tmp_path / 'v.npy'}", "data.block_size_3d=[8,16,16]", "compression.ratio=24"]
-    _run(tmp_path / "t", "model=unicompress", *data, "model.fit_steps=3", "logger=none")
-    ckpt = next((tmp_path / "t").rglob("final.ckpt"))
-    _run(tmp_path / "s", "experiment=unicompress_kd", *data, f"model.teacher_ckpt={ckpt}", "model.fit_steps=3",
-         "logger=csv", "trainer.log_every_n_steps=1")
+def test_student_from_teacher_checkpoint(tmp_path, teacher_run):
+    _run(tmp_path / "s", "experiment=unicompress_kd", *VOLUME_ARGS, f"data.path={teacher_run['volume']}",
+         f"model.teacher_ckpt={teacher_run['ckpt']}", "model.fit_steps=3", "logger=csv", "trainer.log_every_n_steps=1")
     out = next((tmp_path / "s").rglob("metrics.json")).parent
     info = json.loads((out / "metrics.json").read_text())["model_info"]
     assert info["param_ratio"] <= 0.55 and info["inr_parameters"] <= 0.55 * info["teacher_inr_parameters"]
@@ -154,23 +157,18 @@ def test_student_needs_a_teacher(tmp_path):
     assert r.returncode == 2 and "teacher_ckpt is required" in r.stderr
 
 
-def test_cross_domain_student_loads_only_matching_teacher_parts(tmp_path):
+def test_cross_domain_student_loads_only_matching_teacher_parts(tmp_path, teacher_run):
     """Teacher fitted on one volume, student distilled on another of a different size (other widths, codebook)."""
-    np.save(tmp_path / "a.npy", smooth_volume((16, 48, 48)))
     np.save(tmp_path / "b.npy", smooth_volume((8, 64, 80), seed=5))
-    common = ["data=volume", "data.block_size_3d=[8,16,16]", "compression.ratio=24"]
-    _run(tmp_path / "t", "model=unicompress", *common, f"data.path={tmp_path / 'a.npy'}", "model.fit_steps=3",
-         "logger=none")
-    ckpt = next((tmp_path / "t").rglob("final.ckpt"))
-    r = _run(tmp_path / "s", "experiment=unicompress_kd_cross", *common, f"data.path={tmp_path / 'b.npy'}",
-             f"model.teacher_ckpt={ckpt}", "debug=fdr", "logger=none")
+    r = _run(tmp_path / "s", "experiment=unicompress_kd_cross", *VOLUME_ARGS, f"data.path={tmp_path / 'b.npy'}",
+             f"model.teacher_ckpt={teacher_run['ckpt']}", "debug=fdr", "logger=none")
     assert "re-fitted here" in r.stdout + r.stderr
     assert next((tmp_path / "s").rglob("*.unicompress_student.mcz")).stat().st_size > 0
 
 
 def test_nokd_student_runs_without_a_teacher(tmp_path):
     np.save(tmp_path / "v.npy", smooth_volume((16, 48, 48)))
-    _run(tmp_path, "experiment=unicompress_nokd", "data=volume", f"data.path={tmp_path / 'v.npy'}",
-         "data.block_size_3d=[8,16,16]", "compression.ratio=24", "debug=fdr", "logger=none")
+    _run(tmp_path, "experiment=unicompress_nokd", *VOLUME_ARGS, f"data.path={tmp_path / 'v.npy'}", "debug=fdr",
+         "logger=none")
     info = json.loads(next(tmp_path.rglob("metrics.json")).read_text())["model_info"]
     assert info["distill"] is False and info["teacher_ckpt"] is None and info["param_ratio"] <= 0.55

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,17 +123,30 @@ def learned_codecs() -> set[str]:
     return set(LEARNED)
 
 
+def is_learned(name: str) -> bool:
+    """Whether ``name`` is fitted through the pipeline (imports only that codec's module)."""
+    _load_builtin_codecs(name)
+    return name in LEARNED
+
+
 def trained_codecs() -> set[str]:
     """Codecs that code with a trained network's weights file (``--ckpt``)."""
     _load_builtin_codecs()
-    from medcomp.models.codec2d import TrainedCodec
+    return {n for n in CODECS if is_trained(n)}
 
-    return {n for n, c in CODECS.items() if isinstance(c, type) and issubclass(c, TrainedCodec)}
+
+def is_trained(name: str) -> bool:
+    _load_builtin_codecs(name)
+    # Only medcomp.models.codec2d registers trained codecs; not imported yet means none is registered.
+    codec2d = sys.modules.get("medcomp.models.codec2d")
+    factory = CODECS.get(name)
+    return codec2d is not None and isinstance(factory, type) and issubclass(factory, codec2d.TrainedCodec)
 
 
 def get_codec(name: str, **kwargs) -> Codec:
-    _load_builtin_codecs()
+    _load_builtin_codecs(name)
     if name not in CODECS:
+        _load_builtin_codecs()  # for the list in the message
         raise MedcompError(f"unknown codec '{name}' (available: {', '.join(sorted(CODECS))})")
     return CODECS[name](**kwargs)
 
@@ -142,14 +156,25 @@ def available_codecs() -> list[str]:
     return sorted(CODECS)
 
 
-def _load_builtin_codecs():
-    # Imported for their @register side effect; kept lazy so `medcomp info` does not import torch models.
-    import medcomp.codecs.classical  # noqa: F401
-    import medcomp.codecs.video  # noqa: F401
-    import medcomp.models.cal_vae  # noqa: F401
-    import medcomp.models.rnn_conv  # noqa: F401
-    import medcomp.models.siren  # noqa: F401
-    import medcomp.models.unicompress  # noqa: F401
+# The module whose @register names each built-in codec. Imported on first use of that name, so a JPEG 2000
+# compress or `medcomp info` does not import CompressAI, Lightning or the models (seconds per CLI call).
+_BUILTIN_MODULES = {
+    "jpeg": "medcomp.codecs.classical", "jpeg2000": "medcomp.codecs.classical", "jpegxl": "medcomp.codecs.classical",
+    "jpegls": "medcomp.codecs.classical", "h264": "medcomp.codecs.video", "hevc": "medcomp.codecs.video",
+    "cal_vae": "medcomp.models.cal_vae", "rnn_conv": "medcomp.models.rnn_conv", "siren": "medcomp.models.siren",
+    "unicompress": "medcomp.models.unicompress",
+}
+
+
+def _load_builtin_codecs(name: str | None = None):
+    """Import the module that registers ``name`` (all built-in codec modules when None)."""
+    import importlib
+
+    if name is not None and name in CODECS:
+        return
+    for module in ([_BUILTIN_MODULES[name]] if name in _BUILTIN_MODULES else
+                   sorted(set(_BUILTIN_MODULES.values())) if name is None else []):
+        importlib.import_module(module)
 
 
 MAX_DECODED_VOXELS = 1 << 32  # a header asking for more is corrupt, not a reason to allocate terabytes
