@@ -1,6 +1,8 @@
 """The CLI in separate processes: compress, then decompress elsewhere; info; corruption; bad input."""
 
 import json
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 
 from medcomp.data.readers import read_image
 from medcomp.metrics import psnr
-from tests.conftest import run_cli, smooth_volume
+from tests.conftest import ROOT, run_cli, smooth_volume
 
 
 @pytest.fixture
@@ -118,3 +120,13 @@ def test_bd_metrics_known_shift_and_refusal():
     assert res["bd_rate"] == pytest.approx((10 ** (-1 / 10) - 1) * 100, abs=0.5)  # 1 dB at 10 dB/decade
     far = [{"bpp": p["bpp"] * 100, "psnr": p["psnr"] + 40} for p in ref]
     assert bd_metrics(ref, far)["bd_rate"] is None
+
+
+def test_classical_codec_does_not_import_the_learned_models():
+    """Each codec's module is imported on first use of its name: a JPEG 2000 call stays light."""
+    code = ("import sys; from medcomp.codecs.base import get_codec, is_learned, is_trained;"
+            "get_codec('jpeg2000'); assert not is_learned('hevc') and not is_trained('jpeg2000');"
+            "print(sorted(m for m in ('compressai', 'lightning', 'medcomp.models.unicompress') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "[]"
