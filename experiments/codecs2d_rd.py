@@ -79,7 +79,7 @@ def main(argv=None):
                                 "curves": curves, "bd_vs_jpeg2000": bd, "points": points}
         groups[f"{group} ({len(images)} images)"] = curves
         for codec, b in bd.items():
-            print(f"{group:5s} {codec:9s} BD-rate {b['bd_rate']}  BD-PSNR {b['bd_psnr']}  {b.get('note', '')}")
+            print(f"{group:5s} {codec:9s} BD-rate {b['bd_rate']}  BD-PSNR {b['bd_psnr']}  {b.get('notes', b.get('note', ''))}")
     result = {"name": args.name, "command": command, "weights": weights, "groups": result_groups,
               "machine": {**machine(), "torch_threads": torch.get_num_threads(), "gpu": None},
               "date": datetime.now(UTC).isoformat(timespec="seconds")}

@@ -16,25 +16,34 @@ from medcomp.utils.atomic import atomic_path, atomic_write_text
 
 
 def bd_metrics(ref: list[dict], test: list[dict]) -> dict:
-    """BD-rate (%) and BD-PSNR (dB) of ``test`` against ``ref`` (bjontegaard package, cubic interpolation)."""
+    """BD-rate (%) and BD-PSNR (dB) of ``test`` against ``ref`` (bjontegaard package, Akima interpolation).
+
+    Each metric is computed on its own: BD-PSNR integrates PSNR over the shared log-rate range, BD-rate integrates
+    log-rate over the shared PSNR range. A metric whose range overlap is below 75 % would be an extrapolation, and
+    BD-rate needs a curve whose PSNR rises with rate, so such a metric is ``None`` with the reason in ``notes``.
+    """
     import bjontegaard as bd
 
     if len(ref) < 4 or len(test) < 4:
         return {"bd_rate": None, "bd_psnr": None, "note": "BD metrics need at least 4 RD points per codec"}
     r = sorted(ref, key=lambda p: p["bpp"])
     t = sorted(test, key=lambda p: p["bpp"])
-    # The integral runs over the overlap of the two curves' PSNR (BD-rate) and log-rate (BD-PSNR) ranges;
-    # below 75 % overlap it is an extrapolation, so it is refused rather than reported.
-    overlap = min(_overlap([p["psnr"] for p in r], [p["psnr"] for p in t]),
-                  _overlap(np.log([p["bpp"] for p in r]), np.log([p["bpp"] for p in t])))
-    if overlap < 0.75:
-        return {"bd_rate": None, "bd_psnr": None, "note": f"curves overlap {overlap:.0%} (< 75 %): not comparable"}
     args = ([p["bpp"] for p in r], [p["psnr"] for p in r], [p["bpp"] for p in t], [p["psnr"] for p in t])
-    try:
-        return {"bd_rate": float(bd.bd_rate(*args, method="akima", min_overlap=0)),
-                "bd_psnr": float(bd.bd_psnr(*args, method="akima", min_overlap=0)), "overlap": overlap}
-    except (ValueError, AssertionError, ZeroDivisionError) as exc:  # non-monotone curves (e.g. a saturated codec)
-        return {"bd_rate": None, "bd_psnr": None, "note": f"not computable: {exc}"}
+    overlaps = {"bd_psnr": _overlap(np.log(args[0]), np.log(args[2])), "bd_rate": _overlap(args[1], args[3])}
+    result, notes = {"overlap": overlaps}, {}
+    for metric, fn in (("bd_rate", bd.bd_rate), ("bd_psnr", bd.bd_psnr)):
+        result[metric] = None
+        if overlaps[metric] < 0.75:
+            axis = "PSNR" if metric == "bd_rate" else "log-rate"
+            notes[metric] = f"{axis} ranges overlap {overlaps[metric]:.0%} (< 75 %): not comparable"
+            continue
+        try:
+            result[metric] = float(fn(*args, method="akima", require_matching_points=False, min_overlap=0))
+        except (ValueError, AssertionError, ZeroDivisionError) as exc:  # e.g. PSNR not rising with rate
+            notes[metric] = f"not computable: {exc}"
+    if notes:
+        result["notes"] = notes
+    return result
 
 
 def _overlap(a, b) -> float:

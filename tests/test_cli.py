@@ -120,6 +120,11 @@ def test_bd_metrics_known_shift_and_refusal():
     assert res["bd_rate"] == pytest.approx((10 ** (-1 / 10) - 1) * 100, abs=0.5)  # 1 dB at 10 dB/decade
     far = [{"bpp": p["bpp"] * 100, "psnr": p["psnr"] + 40} for p in ref]
     assert bd_metrics(ref, far)["bd_rate"] is None
+    # A saturated curve (PSNR not rising with rate) still has a BD-PSNR but no BD-rate, and says why.
+    flat = [{"bpp": p["bpp"], "psnr": v} for p, v in zip(ref, (28.0, 27.5, 29.0, 28.5))]
+    res = bd_metrics(ref, flat)
+    assert res["bd_rate"] is None and "not computable" in res["notes"]["bd_rate"]
+    assert res["bd_psnr"] is not None and res["bd_psnr"] < 0
 
 
 def test_classical_codec_does_not_import_the_learned_models():
