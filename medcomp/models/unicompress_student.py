@@ -19,7 +19,7 @@ from medcomp.distill.losses import hard_alignment, soft_kl
 from medcomp.errors import MedcompError
 from medcomp.models.unicompress import UniCompress
 from medcomp.nn.fusion import AttentionFusion
-from medcomp.nn.siren import BatchedSiren, siren_param_count
+from medcomp.nn.siren import BatchedSiren, siren_param_count, width_for_budget
 
 log = logging.getLogger("medcomp")
 
@@ -67,9 +67,10 @@ class UniCompressStudent(UniCompress):
         in_dim = d + self.teacher.hparams.code_dim
         for i, (teacher_width, blocks, layout) in enumerate(zip(self.teacher.widths, dm.blocks, dm.layouts)):
             budget = hp.max_param_ratio * siren_param_count(teacher_width, depth, in_dim)
-            width = teacher_width
-            while width > 2 and siren_param_count(width, depth, in_dim) > budget:
-                width -= 1
+            width = min(teacher_width, width_for_budget(budget, depth, in_dim))
+            if width < 1:
+                raise MedcompError(f"a teacher SIREN of width {teacher_width} leaves no student within "
+                                   f"{hp.max_param_ratio} x its parameters; raise model.max_param_ratio")
             self.student_widths.append(width)
             self.student_sirens.append(BatchedSiren(1, in_dim, width, depth, 1, self.teacher.hparams.w0))
             self.register_buffer(f"blocks_{i}", blocks.reshape((-1, 1) + layout.block), persistent=False)
