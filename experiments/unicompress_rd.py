@@ -10,7 +10,8 @@ Per input and ratio: UniCompress teacher, per-block SIREN (same fit steps), JPEG
 against the actual CR of the file and BD-PSNR against HEVC. At --trace-ratios both learned encoders export and decode
 their file every --trace-every steps; the encode-time ratio is the fit time each needs to reach the PSNR both reach
 (the lower of the two final PSNRs), measured in this one run on the same blocks. On the first input, at --kd-ratio:
-the KD student (from that teacher's checkpoint) against the same-size student without KD.
+the KD student (from that teacher's checkpoint) against the same-size student without KD; the KD student's curve at
+--student-ratios (each from the teacher of its ratio).
 """
 
 from __future__ import annotations
@@ -67,6 +68,13 @@ def fit_learned(model: str, image, ratio: float, steps: int, out_dir: str, extra
     return row
 
 
+def fit_student(experiment: str, label: str, image, ratio: float, steps: int, out_dir: str, teacher_ckpt) -> dict:
+    row = fit_learned("unicompress_student", image, ratio, steps, out_dir,
+                      [f"experiment={experiment}", f"model.teacher_ckpt={teacher_ckpt or 'null'}"])
+    row["codec"] = label
+    return row
+
+
 def equal_psnr_speed(siren: dict, uni: dict) -> dict:
     """Fit seconds each encoder needs to reach the PSNR both reach, from their file-PSNR traces."""
     target = min(siren["psnr"], uni["psnr"]) - 1e-6  # the last trace point is the reported file
@@ -110,14 +118,16 @@ def run_input(name, image, args, tmp, kd: bool) -> tuple[list[dict], list[dict]]
         attempt("siren", ratio, fit_learned, "siren", image, ratio, args.steps, f"{tmp}/{name}_s{ratio:g}", trace=s_trace)
         for codec in args.classical:
             attempt(codec, ratio, classical, codec, ratio)
+        # On the KD input: the KD student (from this ratio's teacher) at every --student-ratios ratio, its curve;
+        # at --kd-ratio also the same-size student without KD, which never sees a teacher (the KD gain).
+        students = []
+        if kd and (ratio in args.student_ratios or ratio == args.kd_ratio) and ckpt.exists():
+            students.append(("unicompress_kd", "unicompress_student_kd", ckpt))
         if kd and ratio == args.kd_ratio:
-            # KD student from this teacher; the same-size student without KD never sees a teacher.
-            for exp, label, teacher_ckpt in (("unicompress_kd", "unicompress_student_kd", ckpt),
-                                             ("unicompress_nokd", "unicompress_student_nokd", None)):
-                row = fit_learned("unicompress_student", image, ratio, args.steps, f"{tmp}/{name}_{exp}",
-                                  [f"experiment={exp}", f"model.teacher_ckpt={teacher_ckpt or 'null'}"])
-                row["codec"] = label
-                rows.append(row)
+            students.append(("unicompress_nokd", "unicompress_student_nokd", None))
+        for exp, label, teacher_ckpt in students:
+            attempt(label, ratio, fit_student, exp, label, image, ratio, args.steps, f"{tmp}/{name}_{exp}_{ratio:g}",
+                    teacher_ckpt)
         print(name, {r["codec"]: round(r["psnr"], 2) for r in rows if r["ratio_target"] == ratio}, flush=True)
     return rows, unreachable
 
@@ -155,6 +165,8 @@ def main(argv=None):
     ap.add_argument("--trace-ratios", nargs="+", type=float, default=[64, 256, 1024])
     ap.add_argument("--trace-every", type=int, default=100)
     ap.add_argument("--kd-ratio", type=float, default=256)
+    ap.add_argument("--student-ratios", nargs="*", type=float, default=[64, 128, 256, 512, 1024],
+                    help="ratios of the KD student's curve (first input only)")
     ap.add_argument("--classical", nargs="+", default=["jpeg2000", "jpegxl", "hevc"])
     ap.add_argument("--name", default="unicompress_rd")
     ap.add_argument("--out-dir", default=str(ROOT / "experiments" / "results"))
@@ -174,11 +186,14 @@ def main(argv=None):
         for i, name in enumerate(args.inputs):
             if name in results:
                 print(f"{name}: kept from the earlier run")
+                results[name].update(summarise(results[name]["points"], args))  # BD etc. by the current code
                 continue
+            t_input = time.perf_counter()
             image, src = load_input(name, args.em_crop)
             rows, unreachable = run_input(name, image, args, tmp, kd=i == 0)
             results[name] = {"input": src, "shape": list(image.array.shape), "dtype": image.array.dtype.name,
-                             **summarise(rows, args), "unreachable": unreachable}
+                             **summarise(rows, args), "unreachable": unreachable,
+                             "wall_s": time.perf_counter() - t_input}
             if i == 0:
                 kd = kd_gain(rows, args.kd_ratio)
             # Written after every input, so a stopped run keeps what it finished ("complete" says whether all did).
