@@ -58,6 +58,30 @@ def test_entropy_and_packing_round_trip(symbols):
         np.testing.assert_array_equal(unpack_symbols(pack_symbols(symbols)), symbols)
 
 
+def test_quantized_cdf_equals_compressai():
+    """The heap version of CompressAI's pmf_to_quantized_cdf gives its exact table (files stay byte-identical)."""
+    from compressai._CXX import pmf_to_quantized_cdf
+
+    from medcomp.codecs.entropy import PRECISION, _quantized_cdf
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        k = int(rng.integers(2, 2000))
+        counts = np.zeros(k)
+        used = rng.choice(k, int(rng.integers(1, k + 1)), replace=False)
+        counts[used] = rng.integers(1, int(rng.choice([3, 50, 10**4, 10**6])), used.size)
+        expected = pmf_to_quantized_cdf((counts / counts.sum()).tolist() + [1.0 / (1 << PRECISION)], PRECISION)
+        assert _quantized_cdf(counts) == expected
+
+
+def test_sparse_wide_alphabet_round_trips():
+    """16-bit weights using few values: CompressAI's CDF builder took 10 s here; the choice of packing is unchanged."""
+    s = np.random.default_rng(2).choice(np.arange(-32767, 32768, 97), 200_000)
+    packed = pack_symbols(s)
+    np.testing.assert_array_equal(unpack_symbols(packed), s)
+    np.testing.assert_array_equal(unpack_symbols(pack_symbols(np.array([-32767, 32767] * 40_000))), [-32767, 32767] * 40_000)
+
+
 def test_rans_beats_fixed_width_on_peaked_data():
     s = np.round(np.random.default_rng(1).laplace(0, 3, 5000)).astype(int)
     packed = pack_symbols(s)

@@ -36,8 +36,12 @@ RAW, RANS = 0, 1
 def pack_symbols(symbols: np.ndarray) -> bytes:
     """The smaller of fixed-width bit packing and rANS with a frequency table (small sections can't afford one)."""
     symbols = np.asarray(symbols, dtype=np.int64).ravel()
-    rans = bytes([RANS]) + encode_symbols(symbols)
     raw = bytes([RAW]) + _bitpack(symbols)
+    alphabet = int(symbols.max()) - int(symbols.min()) + 1 if symbols.size else 0
+    # rANS's header and frequency table alone (≥ 1 byte a symbol) would not fit, or a 16-bit CDF has no room
+    if 14 + alphabet >= len(raw) or alphabet >= 1 << 16:
+        return raw
+    rans = bytes([RANS]) + encode_symbols(symbols)
     return rans if len(rans) < len(raw) else raw
 
 
