@@ -11,7 +11,7 @@ import torch
 from medcomp.codecs.base import Target
 from medcomp.codecs.container import Container
 from medcomp.codecs.entropy import decode_symbols, encode_symbols
-from medcomp.codecs.quantize import pack_symbols, unpack_symbols
+from medcomp.codecs.quantize import _bitpack, pack_symbols, unpack_symbols
 from medcomp.data.blocks import plan_blocks
 from medcomp.data.image import Image
 from medcomp.models.unicompress import decode_unicompress, siren_shapes, unicompress_container
@@ -79,7 +79,18 @@ def test_sparse_wide_alphabet_round_trips():
     s = np.random.default_rng(2).choice(np.arange(-32767, 32768, 97), 200_000)
     packed = pack_symbols(s)
     np.testing.assert_array_equal(unpack_symbols(packed), s)
-    np.testing.assert_array_equal(unpack_symbols(pack_symbols(np.array([-32767, 32767] * 40_000))), [-32767, 32767] * 40_000)
+    for widest in (np.array([-32767, 32767] * 40_000), np.array([-32768, 32767] * 40_000)):  # MAX_ALPHABET, one over
+        np.testing.assert_array_equal(unpack_symbols(pack_symbols(widest)), widest)
+
+
+@pytest.mark.parametrize("n", [0, 1, 24, 25, 40, 41, 1000])
+def test_packing_keeps_the_smaller_of_both_encodings(n):
+    """Skipping rANS early must not change the choice: the packed section is the smaller of the two full encodings."""
+    for symbols in (np.full(n, -4), np.arange(n) % 7, np.random.default_rng(n).integers(-300, 300, n)):
+        packed = pack_symbols(symbols)
+        smaller = min(len(encode_symbols(symbols)), len(_bitpack(symbols))) + 1
+        assert len(packed) == smaller
+        np.testing.assert_array_equal(unpack_symbols(packed), symbols)
 
 
 def test_rans_beats_fixed_width_on_peaked_data():

@@ -16,6 +16,15 @@ import numpy as np
 from medcomp.errors import CorruptFileError
 
 PRECISION = 16
+HEADER = struct.Struct("<iII")  # offset, alphabet size, symbol count
+# Every symbol of the alphabet and the escape symbol need a count of at least 1 out of 2^PRECISION.
+MAX_ALPHABET = (1 << PRECISION) - 1
+
+
+def min_encoded_size(alphabet: int) -> int:
+    """Bytes ``encode_symbols`` writes at the least for this alphabet size, before any rANS stream: its header, and
+    for two or more symbols the frequency table (one varint byte at least per symbol and for the escape)."""
+    return HEADER.size + (alphabet + 1 if alphabet > 1 else 0)
 
 
 def _varints(values) -> bytes:
@@ -75,7 +84,7 @@ def _quantized_cdf(counts: np.ndarray) -> list[int]:
     for i, f in enumerate(freq):
         if f == 0:
             if not donors:
-                raise ValueError("alphabet too large for a 16-bit CDF")
+                raise ValueError(f"alphabet of {len(freq) - 1} symbols is over MAX_ALPHABET = {MAX_ALPHABET}")
             fj, j = heapq.heappop(donors)
             freq[j], freq[i] = fj - 1, 1
             if fj - 1 > 1:
@@ -89,31 +98,31 @@ def encode_symbols(symbols: np.ndarray) -> bytes:
 
     symbols = np.asarray(symbols, dtype=np.int64).ravel()
     if symbols.size == 0:
-        return struct.pack("<iII", 0, 0, 0)
+        return HEADER.pack(0, 0, 0)
     lo = int(symbols.min())
     shifted = symbols - lo
     k = int(shifted.max()) + 1
     if k == 1:  # one distinct value: the header says it all (and the rANS coder rejects one-symbol alphabets)
-        return struct.pack("<iII", lo, 1, symbols.size)
+        return HEADER.pack(lo, 1, symbols.size)
     cdf = _quantized_cdf(np.bincount(shifted, minlength=k).astype(np.float64))
     freqs = np.diff(cdf)
     stream = RansEncoder().encode_with_indexes(shifted.tolist(), [0] * symbols.size, [cdf], [len(cdf)], [0])
-    return struct.pack("<iII", lo, k, symbols.size) + _varints(freqs) + stream
+    return HEADER.pack(lo, k, symbols.size) + _varints(freqs) + stream
 
 
 def decode_symbols(data: bytes) -> np.ndarray:
     from compressai.ans import RansDecoder
 
-    if len(data) < 12:
+    if len(data) < HEADER.size:
         raise CorruptFileError("corrupt entropy-coded section (too short)")
-    lo, k, n = struct.unpack_from("<iII", data, 0)
+    lo, k, n = HEADER.unpack_from(data, 0)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     if k == 1:
         return np.full(n, lo, dtype=np.int64)
     if k > 1 << 20 or n > 1 << 31:
         raise CorruptFileError("corrupt entropy-coded section (implausible sizes)")
-    freqs, pos = _read_varints(data, 12, k + 1)
+    freqs, pos = _read_varints(data, HEADER.size, k + 1)
     cdf = [0] + np.cumsum(freqs).tolist()
     if cdf[-1] != 1 << PRECISION:
         raise CorruptFileError("corrupt entropy-coded section (frequency table does not sum to 2^16)")

@@ -6,7 +6,7 @@ import struct
 
 import numpy as np
 
-from medcomp.codecs.entropy import decode_symbols, encode_symbols
+from medcomp.codecs.entropy import MAX_ALPHABET, decode_symbols, encode_symbols, min_encoded_size
 from medcomp.errors import CorruptFileError
 
 
@@ -38,8 +38,9 @@ def pack_symbols(symbols: np.ndarray) -> bytes:
     symbols = np.asarray(symbols, dtype=np.int64).ravel()
     raw = bytes([RAW]) + _bitpack(symbols)
     alphabet = int(symbols.max()) - int(symbols.min()) + 1 if symbols.size else 0
-    # rANS's header and frequency table alone (≥ 1 byte a symbol) would not fit, or a 16-bit CDF has no room
-    if 14 + alphabet >= len(raw) or alphabet >= 1 << 16:
+    # Skip building a frequency table that cannot win: rANS can't code the alphabet, or its header and table alone
+    # are no smaller than the packed bits (the choice is the same as encoding both and comparing).
+    if alphabet > MAX_ALPHABET or 1 + min_encoded_size(alphabet) >= len(raw):
         return raw
     rans = bytes([RANS]) + encode_symbols(symbols)
     return rans if len(rans) < len(raw) else raw
