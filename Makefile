@@ -6,9 +6,15 @@ STAMP   := $(VENV)/.installed
 PIP     := $(BIN)/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: install run test test-full bench lint clean lock
+.PHONY: install tools run test test-full bench lint clean lock
 
 install: $(STAMP)
+
+# dciodvfy (Debian's dicom3tools) checks that decoded DICOM is a valid object; the tests need it.
+tools:
+	@command -v dciodvfy >/dev/null 2>&1 || { echo "installing dicom3tools (dciodvfy)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools) >/dev/null 2>&1 \
+	  || echo "could not install dicom3tools: the DICOM validity test will fail (apt-get install dicom3tools)"; }
 
 # Idempotent: re-runs only when the pins change. torch + torchvision first (they lie on this machine's disk),
 # then everything else constrained by requirements.lock so pip never pulls another torch.
@@ -21,10 +27,10 @@ $(STAMP): pyproject.toml requirements.lock
 run: install
 	$(BIN)/python run.py
 
-test: install
+test: install tools
 	$(BIN)/python -m pytest -q
 
-test-full: install
+test-full: install tools
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 bench: install

@@ -26,9 +26,16 @@ def cmd_compress(args) -> int:
     from medcomp.data.readers import read_image
     from medcomp.pipeline import encode_learned, evaluate
     from medcomp.utils.atomic import atomic_write_bytes
+    from medcomp.utils.outputs import check_output_path
 
     target = _target(args)
+    source = args.input if Path(args.input).exists() or ":" not in args.input else args.input.rsplit(":", 1)[0]
+    check_output_path(args.output, [source], force=args.force)
+    if not str(args.output).lower().endswith(".mcz"):
+        raise MedcompError(f"{args.output}: the compressed file must end in .mcz")
     image = read_image(args.input, key=args.key)
+    # Room for twice the target (a codec that cannot reach its target writes more, and says so in the ratio).
+    check_output_path(args.output, [source], force=args.force, need_bytes=int(target.target_bytes(image) * 2) + (1 << 20))
     learned = is_learned(args.codec)  # imports the codec's module here, so encode_s does not count it
     if not learned and args.override:
         raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(learned_codecs()))}), not '{args.codec}'")
@@ -55,33 +62,48 @@ def _ckpt_kwargs(codec: str, ckpt: str | None) -> dict:
 
 
 def cmd_decompress(args) -> int:
-    from medcomp.codecs.base import decode_container
-    from medcomp.codecs.container import read_container
-    from medcomp.data.writers import write_image
+    import numpy as np
 
+    from medcomp.codecs.base import check_header, decode_container, get_codec
+    from medcomp.codecs.container import read_container
+    from medcomp.data.writers import Lossy, check_output, is_dicom_series_path, write_image
+    from medcomp.utils.outputs import check_output_path
+
+    check_output_path(args.output, [args.input], force=args.force, folder_ok=is_dicom_series_path(args.output))
     container = read_container(args.input)
+    header = check_header(container.header)
+    original_bytes = int(np.prod(header["shape"])) * np.dtype(header["dtype"]).itemsize
+    check_output(args.output, len(header["shape"]))
+    check_output_path(args.output, [args.input], force=args.force, need_bytes=int(original_bytes * 1.1) + (1 << 20),
+                      folder_ok=is_dicom_series_path(args.output))
     image = decode_container(container, **_ckpt_kwargs(container.codec, args.ckpt))
-    write_image(args.output, image)
+    codec = get_codec(container.codec, **_ckpt_kwargs(container.codec, args.ckpt))
+    file_bytes = Path(args.input).stat().st_size
+    lossy = None if codec.is_lossless(container) else Lossy(original_bytes / file_bytes, codec.lossy_method())
+    for note in write_image(args.output, image, lossy=lossy):
+        print(f"medcomp: note: {note}", file=sys.stderr)
     return 0
 
 
 def cmd_info(args) -> int:
     import numpy as np
 
+    from medcomp.codecs.base import check_header
     from medcomp.codecs.container import read_container
     from medcomp.metrics import bits_per_pixel, compression_ratio
 
     path = Path(args.input)
     c = read_container(path)
+    check_header(c.header)
     size = path.stat().st_size
-    shape = c.header.get("shape", [])
-    n = int(np.prod(shape)) if shape else 0
-    original = n * np.dtype(c.header["dtype"]).itemsize if n else 0
-    params = {k: v for k, v in c.header.items() if k not in ("shape", "dtype", "spacing")}
+    shape = c.header["shape"]
+    n = int(np.prod(shape))
+    original = n * np.dtype(c.header["dtype"]).itemsize
+    image_keys = ("shape", "dtype", "spacing", "origin", "direction", "rescale", "photometric", "modality")
+    params = {k: v for k, v in c.header.items() if k not in image_keys}
     print(json.dumps({"file": str(path), "codec": c.codec, "shape": shape, "dtype": np.dtype(c.header["dtype"]).name,
-                      "spacing": c.header.get("spacing"), "bytes": size, "original_bytes": original,
-                      "ratio": compression_ratio(original, size) if original else None,
-                      "bpp": bits_per_pixel(size, n) if n else None,
+                      **{k: c.header.get(k) for k in image_keys[2:]}, "bytes": size, "original_bytes": original,
+                      "ratio": compression_ratio(original, size), "bpp": bits_per_pixel(size, n),
                       "sections": {k: len(v) for k, v in c.sections.items()}, "params": params}, indent=2))
     return 0
 
@@ -106,14 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--ratio", type=float, help="target compression ratio (original bytes / file bytes)")
     rate.add_argument("--bpp", type=float, help="target bits per pixel/voxel")
     c.add_argument("--key", help="HDF5 dataset key")
+    c.add_argument("--force", action="store_true", help="overwrite an existing output file")
     c.add_argument("--ckpt", help="weights file of a trained codec (cal_vae, rnn_conv); default: the shipped one")
     c.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="Hydra override for learned codecs, e.g. -o model.fit_steps=3000 -o data.block_size=[64,64,64]")
     c.set_defaults(func=cmd_compress)
 
-    d = sub.add_parser("decompress", help="decode a .mcz file into .nii.gz, .nrrd, .mha, .npy, .png or .tif")
+    d = sub.add_parser("decompress", help="decode a .mcz file into .nii.gz, .nrrd, .mha, .npy, .png, .tif, .dcm "
+                                          "or a folder (a DICOM series, one file per slice)")
     d.add_argument("input")
     d.add_argument("output")
+    d.add_argument("--force", action="store_true", help="overwrite an existing output file")
     d.add_argument("--ckpt", help="the weights file the .mcz was encoded with (trained codecs; checked by sha256)")
     d.set_defaults(func=cmd_decompress)
 
@@ -137,13 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # unwinds through atomic_path's cleanup: no temporary file is left behind
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except MedcompError as exc:
         print(f"medcomp: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print("medcomp: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

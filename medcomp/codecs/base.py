@@ -45,6 +45,9 @@ class Codec(ABC):
     """Encodes an :class:`Image` into a :class:`Container` and decodes it back to the original dtype."""
 
     name: str = ""
+    # DICOM's LossyImageCompressionMethod term for what this codec does (PS3.3 C.7.6.1.1.5.1); codecs without a
+    # standard term (the learned ones) use their own name, upper case.
+    dicom_method: str = ""
 
     @abstractmethod
     def encode(self, image: Image, target: Target) -> Container: ...
@@ -52,14 +55,100 @@ class Codec(ABC):
     @abstractmethod
     def decode(self, container: Container) -> np.ndarray: ...
 
+    def is_lossless(self, container: Container) -> bool:
+        """Whether decoding ``container`` gives back the original values exactly."""
+        return False
+
+    def lossy_method(self) -> str:
+        return self.dicom_method or f"MEDCOMP_{self.name.upper()}"[:16]
+
 
 def image_header(image: Image) -> dict:
-    """What every decoder needs to rebuild the array; nothing identifying (no names, no DICOM tags)."""
-    return {
+    """What every decoder and writer needs to rebuild the image: voxels' shape and dtype, where they lie in the
+    patient, how stored values map to real units, the photometric interpretation and modality. Nothing identifying
+    (no names, no dates, no UIDs)."""
+    header = {
         "shape": list(image.array.shape),
         "dtype": image.array.dtype.str,
         "spacing": list(image.spacing) if image.spacing else None,
+        "origin": list(image.origin) if image.origin is not None else None,
+        "direction": list(image.direction) if image.direction is not None else None,
+        "rescale": list(image.rescale) if image.rescale is not None else None,
+        "photometric": image.photometric,
+        "modality": image.modality,
     }
+    if image.meta.get("source_lossy"):
+        header["source_lossy"] = True
+    return header
+
+
+DTYPES = {np.dtype(t).str for t in ("u1", "u2", "u4", "i1", "i2", "i4", "f4", "f8")} | {
+    np.dtype(t).newbyteorder(">").str for t in ("u2", "u4", "i2", "i4", "f4", "f8")} | {"|u1", "|i1"}
+PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
+
+
+def _numbers(value, n: int | tuple, what: str, positive: bool = False) -> None:
+    counts = n if isinstance(n, tuple) else (n,)
+    if (not isinstance(value, list) or len(value) not in counts
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+            or (positive and not all(v > 0 for v in value))):
+        kind = "positive finite numbers" if positive else "finite numbers"
+        raise CorruptFileError(f".mcz header: {what} {value!r} is not a list of {'/'.join(map(str, counts))} {kind}")
+
+
+def check_header(header: dict) -> dict:
+    """Validate what :func:`image_header` wrote, before anything is allocated or decoded: a file whose CRC is right
+    but whose header is hand-edited or written by a buggy encoder is one clear error, never garbage."""
+    shape = header.get("shape")
+    if (not isinstance(shape, list) or not 1 <= len(shape) <= 4
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
+        raise CorruptFileError(f".mcz header: shape {shape!r} is not a list of 1–4 positive integers")
+    if math.prod(shape) > MAX_DECODED_VOXELS:
+        raise CorruptFileError(f".mcz header: shape {shape} is larger than any image medcomp writes")
+    dtype = header.get("dtype")
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise CorruptFileError(f".mcz header: dtype {dtype!r} is not an image pixel type "
+                               "(unsigned/signed integers up to 32 bits, float32/64)")
+    if header.get("spacing") is not None:
+        _numbers(header["spacing"], len(shape), "spacing", positive=True)
+    if header.get("origin") is not None:
+        _numbers(header["origin"], 3, "origin")
+    if header.get("direction") is not None:
+        _numbers(header["direction"], 9, "direction")
+        if abs(abs(np.linalg.det(np.asarray(header["direction"]).reshape(3, 3))) - 1) > 1e-3:
+            raise CorruptFileError(f".mcz header: direction {header['direction']} is not a rotation/reflection")
+    if header.get("rescale") is not None:
+        _numbers(header["rescale"], 2, "rescale (slope, intercept)")
+        if header["rescale"][0] == 0:
+            raise CorruptFileError(".mcz header: rescale slope is 0")
+    if header.get("photometric", "MONOCHROME2") not in PHOTOMETRIC:
+        raise CorruptFileError(f".mcz header: photometric interpretation {header.get('photometric')!r} is not "
+                               f"one of {', '.join(PHOTOMETRIC)}")
+    modality = header.get("modality")
+    if modality is not None and (not isinstance(modality, str) or not modality.isalnum() or len(modality) > 16):
+        raise CorruptFileError(f".mcz header: modality {modality!r} is not a DICOM modality code")
+    mapping = header.get("mapping")
+    if mapping is not None:
+        if not isinstance(mapping, dict):
+            raise CorruptFileError(f".mcz header: intensity mapping {mapping!r} is not an object")
+        for key in ("offset", "scale"):
+            v = mapping.get(key)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or (key == "scale" and v <= 0):
+                raise CorruptFileError(f".mcz header: intensity mapping {key} {v!r} is not a finite number")
+    return header
+
+
+def image_from_header(header: dict, array: np.ndarray, codec: str) -> Image:
+    """The decoded voxels with everything else the header says about the image."""
+    def tup(key):
+        return tuple(header[key]) if header.get(key) is not None else None
+
+    meta = {"codec": codec}
+    if header.get("source_lossy"):
+        meta["source_lossy"] = True
+    return Image(array, tup("spacing"), meta, origin=tup("origin"), direction=tup("direction"),
+                 rescale=tup("rescale"), photometric=header.get("photometric") or "MONOCHROME2",
+                 modality=header.get("modality"))
 
 
 def join_planes(streams: list[bytes]) -> dict[str, bytes]:
@@ -183,15 +272,14 @@ MAX_DECODED_VOXELS = 1 << 32  # a header asking for more is corrupt, not a reaso
 def decode_container(container: Container, **kwargs) -> Image:
     """Decode with the codec the file names. A file whose CRC is right but whose header or payload does not fit
     its codec (hand-edited, or written by a buggy encoder) gives a CorruptFileError, never another exception."""
-    from medcomp.errors import CorruptFileError
+    header = check_header(container.header)
+    shape = header["shape"]
+    need = math.prod(shape) * np.dtype(header["dtype"]).itemsize
+    from medcomp.utils.memory import available_bytes
 
-    header = container.header
-    shape = header.get("shape")
-    if (not isinstance(shape, list) or not 1 <= len(shape) <= 4
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
-        raise CorruptFileError(f".mcz header: shape {shape!r} is not a list of 1–4 positive integers")
-    if math.prod(shape) > MAX_DECODED_VOXELS:
-        raise CorruptFileError(f".mcz header: shape {shape} is larger than any image medcomp writes")
+    if need * 3 > available_bytes():  # the decoded array, its float working copy and the writer's
+        raise CorruptFileError(f".mcz header: a {shape} {np.dtype(header['dtype']).name} image needs "
+                               f"{need * 3 / 2**30:.1f} GiB to decode, more than this machine has available")
     codec = get_codec(container.codec, **kwargs)
     try:
         array = codec.decode(container)
@@ -205,7 +293,7 @@ def decode_container(container: Container, **kwargs) -> Image:
     expected = tuple(shape)
     if array.shape != expected:
         raise MedcompError(f"decoded shape {array.shape} differs from the header's {expected}: corrupt .mcz")
-    return Image(array, tuple(header["spacing"]) if header.get("spacing") else None, {"codec": container.codec})
+    return image_from_header(header, array, container.codec)
 
 
 def search_knob(size_of: Callable[[float], int], target_bytes: float, lo: float, hi: float, *,

@@ -15,7 +15,6 @@ from medcomp.codecs.base import (
     image_header,
     join_planes,
     register,
-    restore_dtype,
     search_knob,
     split_planes,
 )
@@ -55,14 +54,14 @@ class SliceCodec(Codec):
         coded = np.stack([self.decode_plane(data) for data in split_planes(container)])
         shape = tuple(header["shape"])
         coded = coded.reshape(shape)
-        return restore_dtype(from_unsigned(coded, header["mapping"]), header["dtype"])
+        return from_unsigned(coded, header["mapping"], header["dtype"])
 
 
 @register("jpeg")
 class JPEG(SliceCodec):
     """Baseline-process JPEG with 12-bit samples (libjpeg-turbo); quality 1..100."""
 
-    name, bits = "jpeg", 12
+    name, bits, dicom_method = "jpeg", 12, "ISO_10918_1"
     knob_lo, knob_hi, increasing, integer = 1, 100, True, True
 
     def encode_plane(self, plane, knob):
@@ -76,7 +75,7 @@ class JPEG(SliceCodec):
 class JPEG2000(SliceCodec):
     """OpenJPEG, irreversible 9/7 wavelet. imagecodecs' ``level`` is a target PSNR in dB, not a rate."""
 
-    name, bits = "jpeg2000", 16
+    name, bits, dicom_method = "jpeg2000", 16, "ISO_15444_1"
     knob_lo, knob_hi, increasing = 5.0, 140.0, True
 
     def encode_plane(self, plane, knob):
@@ -90,7 +89,7 @@ class JPEG2000(SliceCodec):
 class JPEGXL(SliceCodec):
     """libjxl at 16 bits; the knob is the Butteraugli distance (larger = smaller file)."""
 
-    name, bits = "jpegxl", 16
+    name, bits, dicom_method = "jpegxl", 16, "ISO_18181_1"
     knob_lo, knob_hi, increasing = 0.01, 25.0, False
 
     def encode_plane(self, plane, knob):
@@ -105,8 +104,11 @@ class JPEGLS(SliceCodec):
     """CharLS near-lossless; the knob is NEAR (max absolute error in coded units). Lossless at NEAR=0, so it
     reaches only modest ratios: at a high target it returns its largest NEAR and reports the actual ratio."""
 
-    name, bits = "jpegls", 16
+    name, bits, dicom_method = "jpegls", 16, "ISO_14495_1"
     knob_lo, knob_hi, increasing, integer = 0, 255, False, True
+
+    def is_lossless(self, container):
+        return int(container.header.get("knob", -1)) == 0 and float(container.header["mapping"]["scale"]) == 1.0
 
     def encode_plane(self, plane, knob):
         return imagecodecs.jpegls_encode(plane, level=int(knob))

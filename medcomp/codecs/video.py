@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from medcomp.codecs.base import Codec, Target, image_header, register, restore_dtype, search_knob
+from medcomp.codecs.base import Codec, Target, image_header, register, search_knob
 from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
@@ -106,12 +106,13 @@ class VideoCodec(Codec):
         coded = np.stack(out)
         shape = tuple(header["shape"])
         coded = coded[:, : shape[-2], : shape[-1]].reshape(shape)
-        return restore_dtype(from_unsigned(coded, header["mapping"]), header["dtype"])
+        return from_unsigned(coded, header["mapping"], header["dtype"])
 
 
 @register("h264")
 class H264(VideoCodec):
     name, encoder, decoder, pix_fmt, bits = "h264", "libx264", "h264", "gray10le", 10
+    dicom_method = "ISO_14496_10"
 
     @staticmethod
     def is_sei(nal_header):
@@ -121,6 +122,7 @@ class H264(VideoCodec):
 @register("hevc")
 class HEVC(VideoCodec):
     name, encoder, decoder, pix_fmt, bits = "hevc", "libx265", "hevc", "gray12le", 12
+    dicom_method = "ISO_23008_2"
 
     @staticmethod
     def is_sei(nal_header):

@@ -54,7 +54,8 @@ class LoadCased(MapTransform):
         scale = case.get("spacing_scale", 1.0)
         d["image"] = np.ascontiguousarray(array)
         d["spacing"] = [s * scale for s in img.spacing] if img.spacing else None
-        d["meta"] = {k: v for k, v in img.meta.items() if isinstance(v, (str, int, float))}
+        d["meta"] = {**{k: v for k, v in img.meta.items() if isinstance(v, (str, int, float))},
+                     "photometric": img.photometric}
         if self.load_labels and case.get("label"):
             d["label"] = np.ascontiguousarray(_read(case["label"]).array)
         return d

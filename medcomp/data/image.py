@@ -14,18 +14,37 @@ class Image:
     """A 2-D or 3-D image in its stored units and dtype.
 
     Axis order is canonical: (y, x) for 2-D and (z, y, x) for 3-D, so axis 0 of a volume walks the axial
-    slices. ``spacing`` follows the same order (mm). ``meta`` holds non-identifying facts only (modality,
-    bits stored, the source's rescale); readers never put patient identifiers in it.
+    slices. ``spacing`` follows the same order (mm). ``meta`` holds non-identifying facts only; readers never put
+    patient identifiers in it.
+
+    The rest is part of the image as much as the voxels, and travels through the ``.mcz`` header to every writer:
+    ``origin``/``direction`` place it in the patient (LPS, ITK convention: see :mod:`medcomp.data.geometry`);
+    ``rescale`` = (slope, intercept) maps stored values to real units when that is not the identity and could not
+    be applied in the stored dtype (a non-integral slope); ``photometric`` keeps MONOCHROME1 (high = dark);
+    ``modality`` is the DICOM modality (CT, MR, CR, ...) when the source said.
     """
 
     array: np.ndarray
     spacing: tuple[float, ...] | None = None
     meta: dict = field(default_factory=dict)
     name: str = "image"
+    origin: tuple[float, float, float] | None = None
+    direction: tuple[float, ...] | None = None
+    rescale: tuple[float, float] | None = None
+    photometric: str = "MONOCHROME2"
+    modality: str | None = None
 
     def __post_init__(self):
         if self.spacing is not None:
             self.spacing = tuple(float(s) for s in self.spacing)
+        if self.origin is not None:
+            self.origin = tuple(float(s) for s in self.origin)
+        if self.direction is not None:
+            self.direction = tuple(float(s) for s in self.direction)
+        if self.rescale is not None:
+            self.rescale = (float(self.rescale[0]), float(self.rescale[1]))
+            if self.rescale == (1.0, 0.0):
+                self.rescale = None
 
     @property
     def ndim(self) -> int:

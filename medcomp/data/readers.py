@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from medcomp.data.geometry import direction_from_dicom, from_ras_affine
 from medcomp.data.image import Image, validate_image
 from medcomp.errors import MedcompError
+from medcomp.utils.memory import check_fits
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima", "")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -91,144 +93,252 @@ def _looks_like_dicom(path: Path) -> bool:
 
 # --- DICOM -----------------------------------------------------------------------------------------------
 
+GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
 
-def _rescaled(stored: np.ndarray, slope: float, intercept: float, meta: dict) -> np.ndarray:
-    """Apply Rescale Slope/Intercept when the result is still integer (CT HU); otherwise keep stored values.
+
+def _rescaled(stored: np.ndarray, slope: float, intercept: float, meta: dict) -> tuple[np.ndarray, tuple | None]:
+    """Apply Rescale Slope/Intercept when the result is still integer (CT HU) and return (array, None); otherwise
+    keep the stored values and return the rescale, which travels with the image to every writer.
 
     A non-integral rescale (common on MR) would force float storage and double the bytes a codec is judged on;
-    the stored integers are the data, so we keep them and record the rescale in ``meta``.
+    the stored integers are the data, and real = slope × stored + intercept is written back on output.
     """
     if slope == 1.0 and intercept == 0.0:
-        return stored
-    if float(slope).is_integer() and float(intercept).is_integer():
-        out = stored.astype(np.int64) * int(slope) + int(intercept)
+        return stored, None
+    if float(slope).is_integer() and float(intercept).is_integer() and stored.dtype.kind in "iu":
+        lo, hi = (int(v) * int(slope) + int(intercept) for v in (stored.min(), stored.max()))
+        lo, hi = min(lo, hi), max(lo, hi)
         for dt in (np.int16, np.int32):
-            if out.min() >= np.iinfo(dt).min and out.max() <= np.iinfo(dt).max:
+            if lo >= np.iinfo(dt).min and hi <= np.iinfo(dt).max:
+                out = stored.astype(dt)  # in place from here: one copy of the volume, not an int64 one
+                if slope != 1:
+                    out *= dt(int(slope))
+                out += dt(int(intercept))
                 meta["units"] = "HU" if meta.get("modality") == "CT" else "rescaled"
-                return out.astype(dt)
-        return out
-    meta["rescale"] = {"slope": float(slope), "intercept": float(intercept), "applied": False}
-    return stored
+                return out, None
+    return stored, (float(slope), float(intercept))
 
 
 def _dicom_meta(ds) -> dict:
     # Only non-identifying acquisition facts: nothing from the patient/study modules.
-    return {
-        "format": "dicom",
-        "modality": str(ds.get("Modality", "")),
-        "bits_stored": int(ds.get("BitsStored", 0) or 0),
-        "photometric": str(ds.get("PhotometricInterpretation", "")),
-    }
+    meta = {"format": "dicom", "modality": str(ds.get("Modality", "")),
+            "bits_stored": int(ds.get("BitsStored", 0) or 0)}
+    if str(ds.get("LossyImageCompression", "")) == "01":
+        meta["source_lossy"] = True  # kept so that a decoded DICOM still says its pixels were lossy before
+    return meta
 
 
-def read_dicom_file(path: Path) -> Image:
+def _dcmread(path: Path, **kwargs):
+    """pydicom.dcmread that also takes files without the 128-byte preamble and file meta (older exports): their
+    transfer syntax is the encoding pydicom found while parsing."""
     import pydicom
     from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
-        ds = pydicom.dcmread(path)
-    except InvalidDicomError as exc:
-        raise MedcompError(f"{path}: not a DICOM file ({_first_line(exc)})") from exc
+        return pydicom.dcmread(path, **kwargs)
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, force=True, **kwargs)
+        if "SOPClassUID" not in ds and "PixelData" not in ds and "Rows" not in ds:
+            raise
+        if "TransferSyntaxUID" not in ds.file_meta:
+            implicit, little = ds.original_encoding
+            ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+        return ds
+
+
+def _check_pixel_module(path, ds) -> None:
     if "PixelData" not in ds:
         raise MedcompError(f"{path}: DICOM file has no pixel data")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise MedcompError(f"{path}: colour DICOM (SamplesPerPixel={ds.SamplesPerPixel}); only grayscale is supported")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or photometric not in GREYSCALE:
+        raise MedcompError(f"{path}: {photometric} DICOM (SamplesPerPixel={ds.get('SamplesPerPixel', 1)}); "
+                           "only grayscale (MONOCHROME1/2) is supported")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    check_fits(int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * frames * 8, str(path), "its pixel data")
+
+
+def _pixels(path, ds) -> np.ndarray:
     try:
         stored = ds.pixel_array
     except Exception as exc:  # noqa: BLE001
-        raise MedcompError(f"{path}: pixel data cannot be decoded ({_first_line(exc)}); the file may be truncated") from exc
-    meta = _dicom_meta(ds)
-    array = _rescaled(stored, float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0), meta)
+        ts = ds.file_meta.get("TransferSyntaxUID", "unknown")
+        name = getattr(ts, "name", str(ts))
+        raise MedcompError(f"{path}: pixel data cannot be decoded (transfer syntax {name}: "
+                           f"{_first_line(exc)}); the file may be truncated or use an unsupported encoding") from exc
+    return stored if stored.dtype.isnative else stored.astype(stored.dtype.newbyteorder("="))
+
+
+def _plane_geometry(ds) -> tuple[tuple | None, tuple | None, tuple | None]:
+    """(in-plane spacing (y, x), origin, direction) of one DICOM image; None where the file does not say."""
     spacing = None
-    if "PixelSpacing" in ds and all(float(s) > 0 for s in ds.PixelSpacing):
-        spacing = tuple(float(s) for s in ds.PixelSpacing)
-        if array.ndim == 3:
-            spacing = (float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0),) + spacing
-    return Image(array, spacing, meta)
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):  # projection radiographs often only have the latter
+        if key in ds and len(ds[key].value) == 2 and all(float(s) > 0 for s in ds[key].value):
+            spacing = tuple(float(s) for s in ds[key].value)
+            break
+    origin = tuple(float(v) for v in ds.ImagePositionPatient) if "ImagePositionPatient" in ds else None
+    direction = direction_from_dicom(ds.ImageOrientationPatient) if "ImageOrientationPatient" in ds else None
+    return spacing, origin, direction
+
+
+def read_dicom_file(path: Path) -> Image:
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = _dcmread(path)
+    except InvalidDicomError as exc:
+        raise MedcompError(f"{path}: not a DICOM file ({_first_line(exc)})") from exc
+    _check_pixel_module(path, ds)
+    meta = _dicom_meta(ds)
+    array, rescale = _rescaled(_pixels(path, ds), float(ds.get("RescaleSlope", 1) or 1),
+                               float(ds.get("RescaleIntercept", 0) or 0), meta)
+    spacing, origin, direction = _plane_geometry(ds)
+    if array.ndim == 3:  # multi-frame: legacy or enhanced; the per-frame geometry of enhanced objects is not read
+        dz = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
+        spacing = (dz,) + spacing if spacing else None
+    return Image(array, spacing, meta, origin=origin, direction=direction, rescale=rescale,
+                 photometric=str(ds.PhotometricInterpretation).strip() if "PhotometricInterpretation" in ds
+                 else "MONOCHROME2", modality=meta["modality"] or None)
 
 
 def read_dicom_series(folder: Path) -> Image:
-    """All DICOM files of one folder, sorted by position along the slice normal."""
-    import pydicom
+    """All DICOM files of one folder, sorted by position along the slice normal. Headers are read first (no pixels),
+    then the pixels of one slice at a time into the volume: peak memory is the volume plus one slice."""
     from pydicom.errors import InvalidDicomError
 
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    slices = []
+    headers = []
     for f in files:
         try:
-            ds = pydicom.dcmread(f)
+            ds = _dcmread(f, stop_before_pixels=True)
         except InvalidDicomError:
             continue  # DICOMDIR-less folders often hold readme files; only DICOM counts
         except Exception as exc:  # noqa: BLE001
             raise MedcompError(f"{f}: cannot read DICOM ({_first_line(exc)})") from exc
-        if "PixelData" in ds:
-            slices.append((f, ds))
-    if not slices:
+        if "Rows" in ds:  # an image (a DICOMDIR, report or presentation state has no rows)
+            headers.append((f, ds))
+    if not headers:
         raise MedcompError(f"{folder}: folder holds no DICOM images")
-    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in headers}
     if len(series) > 1:
         raise MedcompError(f"{folder}: folder mixes {len(series)} DICOM series; point at one series folder")
-
-    def position(item):
-        ds = item[1]
-        if "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds:
-            o = np.asarray(ds.ImageOrientationPatient, dtype=float)
-            normal = np.cross(o[:3], o[3:])
-            return float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float)))
-        return float(ds.get("InstanceNumber", 0) or 0)
-
-    slices.sort(key=position)
-    arrays, meta = [], _dicom_meta(slices[0][1])
-    for f, ds in slices:
-        try:
-            stored = ds.pixel_array
-        except Exception as exc:  # noqa: BLE001
-            raise MedcompError(f"{f}: pixel data cannot be decoded ({_first_line(exc)}); the file may be truncated") from exc
-        if stored.ndim != 2:
-            raise MedcompError(f"{f}: expected one 2-D slice per file in a series, got shape {stored.shape}")
-        arrays.append(_rescaled(stored, float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0), meta))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise MedcompError(f"{folder}: slices differ in size {sorted(shapes)}")
-    dtype = np.result_type(*[a.dtype for a in arrays])
-    volume = np.stack([a.astype(dtype) for a in arrays])
-    ds0 = slices[0][1]
-    positions = [position(s) for s in slices]
-    dz = float(np.median(np.diff(positions))) if len(positions) > 1 else float(ds0.get("SliceThickness", 1.0) or 1.0)
-    spacing = None
-    if "PixelSpacing" in ds0:
-        spacing = (abs(dz) or 1.0,) + tuple(float(s) for s in ds0.PixelSpacing)
-    return Image(volume, spacing, meta, name=folder.name)
+    ds0 = headers[0][1]
+    for f, ds in headers:
+        if (ds.Rows, ds.Columns) != (ds0.Rows, ds0.Columns):
+            raise MedcompError(f"{f}: slice is {ds.Rows}×{ds.Columns}, the series' first slice {ds0.Rows}×{ds0.Columns}")
+        if int(ds.get("NumberOfFrames", 1) or 1) != 1:
+            raise MedcompError(f"{f}: expected one 2-D slice per file in a series, got {ds.NumberOfFrames} frames")
+    oriented = all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in headers)
+    if oriented:
+        iop = np.asarray(ds0.ImageOrientationPatient, dtype=float)
+        for f, ds in headers:
+            if not np.allclose(np.asarray(ds.ImageOrientationPatient, dtype=float), iop, atol=1e-4):
+                raise MedcompError(f"{f}: ImageOrientationPatient differs from the series' first slice; "
+                                   "slices of one volume must share one orientation")
+        normal = np.cross(iop[:3], iop[3:])
+        headers.sort(key=lambda item: float(np.dot(normal, np.asarray(item[1].ImagePositionPatient, dtype=float))))
+        positions = [float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))) for _, ds in headers]
+    else:
+        headers.sort(key=lambda item: float(item[1].get("InstanceNumber", 0) or 0))
+        positions = []
+    ds0 = headers[0][1]
+    check_fits(len(headers) * int(ds0.Rows) * int(ds0.Columns) * 8, str(folder), "the series")
+    meta = _dicom_meta(ds0)
+    volume, rescales = None, set()
+    for k, (f, _) in enumerate(headers):
+        ds = _dcmread(f)
+        _check_pixel_module(f, ds)
+        plane, rescale = _rescaled(_pixels(f, ds), float(ds.get("RescaleSlope", 1) or 1),
+                                   float(ds.get("RescaleIntercept", 0) or 0), meta)
+        if plane.ndim != 2:
+            raise MedcompError(f"{f}: expected one 2-D slice per file in a series, got shape {plane.shape}")
+        rescales.add(rescale)
+        if volume is None:
+            volume = np.empty((len(headers),) + plane.shape, dtype=plane.dtype)
+        elif plane.dtype != volume.dtype:
+            volume = volume.astype(np.result_type(volume.dtype, plane.dtype))
+        volume[k] = plane
+    if len(rescales) > 1:
+        raise MedcompError(f"{folder}: slices have different non-integral rescale slopes/intercepts "
+                           f"{sorted(map(str, rescales))[:3]}; convert the series to real values first")
+    spacing, origin, direction = _plane_geometry(ds0)
+    if positions:
+        steps = np.diff(positions)
+        dz = float(np.median(steps)) if len(positions) > 1 else float(ds0.get("SliceThickness", 1.0) or 1.0)
+        if len(steps) and (np.min(steps) <= 0 or np.ptp(steps) > 0.01 * abs(dz) + 1e-3):
+            raise MedcompError(f"{folder}: slice positions are not evenly spaced (steps {np.min(steps):.4g}…"
+                               f"{np.max(steps):.4g} mm); a volume needs one slice spacing")
+    else:
+        dz = float(ds0.get("SpacingBetweenSlices", ds0.get("SliceThickness", 1.0)) or 1.0)
+    spacing = (abs(dz) or 1.0,) + spacing if spacing else None
+    return Image(volume, spacing, meta, name=folder.name, origin=origin, direction=direction,
+                 rescale=next(iter(rescales)), modality=meta["modality"] or None,
+                 photometric=str(ds0.get("PhotometricInterpretation", "MONOCHROME2")).strip())
 
 
 # --- NIfTI, NRRD/MHA, HDF5, rasters, NPY --------------------------------------------------------------------
+
+
+def _gzip_size(path: Path) -> int:
+    """Uncompressed size of a gzip file, from its trailer (modulo 2**32, as the format stores it)."""
+    with open(path, "rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        return int.from_bytes(fh.read(4), "little")
 
 
 def read_nifti(path: Path) -> Image:
     import nibabel as nib
 
     img = nib.load(str(path))
+    hdr = img.header
+    shape = tuple(int(n) for n in img.shape)
+    claimed = int(np.prod(shape)) * hdr.get_data_dtype().itemsize
+    offset = int(hdr.get_data_offset())
+    if _suffix(path) == ".nii.gz":
+        have = _gzip_size(path) - offset
+        if claimed + offset < 2**32 and have < claimed:
+            raise MedcompError(f"{path}: header claims {shape} voxels ({claimed} bytes), the file holds {max(have, 0)}")
+    elif path.stat().st_size - offset < claimed:
+        raise MedcompError(f"{path}: header claims {shape} voxels ({claimed} bytes), the file holds "
+                           f"{max(path.stat().st_size - offset, 0)}")
+    check_fits(claimed * 2, str(path))
     proxy = img.dataobj
     slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
     raw = np.asarray(proxy.get_unscaled()) if hasattr(proxy, "get_unscaled") else np.asarray(proxy)
     meta = {"format": "nifti"}
-    slope = 1.0 if slope is None or np.isnan(slope) else float(slope)
+    slope = 1.0 if slope is None or np.isnan(slope) or slope == 0 else float(slope)
     inter = 0.0 if inter is None or np.isnan(inter) else float(inter)
-    array = _rescaled(raw, slope, inter, meta)
-    array = np.squeeze(array) if array.ndim > 3 else array
-    zooms = img.header.get_zooms()[: array.ndim]
+    array, rescale = _rescaled(raw, slope, inter, meta)
+    array = np.squeeze(array, axis=tuple(range(3, array.ndim))) if array.ndim > 3 else array
+    ndim = min(array.ndim, 3)
+    spacing, origin, direction = from_ras_affine(img.affine, ndim)
     # NIfTI stores (x, y, z); the canonical order is (z, y, x).
-    return Image(np.ascontiguousarray(array.T), tuple(reversed([float(z) for z in zooms])), meta)
+    return Image(np.ascontiguousarray(array.T), spacing, meta, origin=origin, direction=direction, rescale=rescale)
+
+
+def itk_geometry(img) -> tuple[tuple, tuple, tuple]:
+    """(spacing in array order, origin, direction) of a SimpleITK image, 2-D ones placed in 3-D."""
+    n = img.GetDimension()
+    d = np.eye(3)
+    d[:n, :n] = np.asarray(img.GetDirection(), dtype=float).reshape(n, n)
+    origin = (list(img.GetOrigin()) + [0.0, 0.0])[:3]
+    return tuple(reversed(img.GetSpacing())), tuple(origin), tuple(float(v) for v in d.reshape(-1))
 
 
 def read_itk(path: Path) -> Image:
     import SimpleITK as sitk
 
-    img = sitk.ReadImage(str(path))
-    if img.GetNumberOfComponentsPerPixel() != 1:
-        raise MedcompError(f"{path}: {img.GetNumberOfComponentsPerPixel()}-component image; only grayscale is supported")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    if reader.GetNumberOfComponents() != 1:
+        raise MedcompError(f"{path}: {reader.GetNumberOfComponents()}-component image; only grayscale is supported")
+    check_fits(int(np.prod(reader.GetSize())) * 8 * 2, str(path))
+    img = reader.Execute()
     array = sitk.GetArrayFromImage(img)  # already (z, y, x)
-    return Image(array, tuple(reversed(img.GetSpacing())), {"format": _suffix(path).lstrip(".")})
+    spacing, origin, direction = itk_geometry(img)
+    return Image(array, spacing, {"format": _suffix(path).lstrip(".")}, origin=origin, direction=direction)
 
 
 def read_hdf5(path: Path, key: str | None) -> Image:
@@ -244,6 +354,7 @@ def read_hdf5(path: Path, key: str | None) -> Image:
         if key not in fh or not isinstance(fh[key], h5py.Dataset):
             raise MedcompError(f"{path}: HDF5 file has no dataset '{key}'")
         ds = fh[key]
+        check_fits(int(ds.size) * ds.dtype.itemsize * 2, str(path))
         array = ds[()]
         res = ds.attrs.get("resolution")
         spacing = tuple(float(r) for r in res) if res is not None and len(res) == array.ndim else None
@@ -283,6 +394,16 @@ def read_raster_stack(folder: Path, files: list[Path]) -> Image:
 
 def read_npy(path: Path) -> Image:
     try:
+        with open(path, "rb") as fh:  # check the header's shape against the file before allocating it
+            version = np.lib.format.read_magic(fh)
+            shape, _, dtype = np.lib.format._read_array_header(fh, version)
+            need = int(np.prod(shape)) * dtype.itemsize
+            if dtype.hasobject:
+                raise ValueError("object arrays are not images")
+            if path.stat().st_size - fh.tell() < need:
+                raise MedcompError(f"{path}: header claims {shape} {dtype} ({need} bytes), the file holds "
+                                   f"{path.stat().st_size - fh.tell()}")
+        check_fits(need * 2, str(path))
         array = np.load(path, allow_pickle=False)
     except ValueError as exc:
         raise MedcompError(f"{path}: not a plain .npy array ({_first_line(exc)})") from exc
