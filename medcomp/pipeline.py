@@ -69,7 +69,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 
 def fit_model(cfg: DictConfig, images: list[Image] | None = None, loggers: list | None = None,
-              extra_callbacks: list | None = None):
+              extra_callbacks: list | None = None, top_level: bool = True):
     """Instantiate data, model and trainer from the config and fit. Returns (model, datamodule, trainer, seconds)."""
     import lightning as L
     from hydra.utils import instantiate
@@ -85,12 +85,18 @@ def fit_model(cfg: DictConfig, images: list[Image] | None = None, loggers: list 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     callbacks += extra_callbacks or []
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
-    _children_run_this_job_only(cfg)
-    ckpt = resume_checkpoint(cfg)
+    if top_level:  # a learned baseline's fit inside a run joins the run's process group as it is
+        _children_run_this_job_only(cfg)
+    ckpt = resume_checkpoint(cfg) if top_level else None
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
     fit_s = time.perf_counter() - t0
     model.output_dir, model.made_by = cfg.paths.output_dir, _command_line()
+    if getattr(model, "_trainer", None) is None:  # ddp_spawn detaches the main process's model at teardown
+        model.trainer = trainer
+        if hasattr(model, "restore_spawned_fit"):
+            model.restore_spawned_fit(dm)
+
     if not trainer.fast_dev_run and cfg.get("save_final_checkpoint", True):
         # The fitted model, for a later stage (e.g. the UniCompress teacher a student distils from).
         trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt", weights_only=False)
@@ -171,11 +177,14 @@ def _command_line() -> str:
 
 
 def _learned_overrides(cfg: DictConfig) -> list[str]:
+    """A learned baseline is fitted like the run's model: same accelerator, devices, strategy and nodes, so that
+    under DDP every rank takes part in its fit (rank zero alone would wait for ranks that have left)."""
     out = []
     if cfg.trainer.get("fast_dev_run"):
         out.append("+trainer.fast_dev_run=true")
-    for key in ("accelerator", "devices"):
-        out.append(f"trainer.{key}={cfg.trainer.get(key)}")
+    for key in ("accelerator", "devices", "strategy", "num_nodes"):
+        if isinstance(cfg.trainer.get(key), (str, int)):
+            out.append(f"++trainer.{key}={cfg.trainer.get(key)}")
     return out
 
 
@@ -194,7 +203,7 @@ def encode_learned(model_name: str, image: Image, target: Target, overrides: lis
             cfg = compose([f"model={model_name}", "data=volume", "logger=none", "callbacks=none", "baselines=[]",
                            f"compression.name={target.describe()}", *rate, f"paths.output_dir={tmp}",
                            "+save_final_checkpoint=false", *(overrides or [])])
-            model, _, _, _ = fit_model(cfg, images=[image])
+            model, _, _, _ = fit_model(cfg, images=[image], top_level=False)
             return model.export()[0]
     finally:
         quiet.setLevel(level)
@@ -226,6 +235,14 @@ def run_experiment(cfg: DictConfig) -> dict:
         lg.log_hyperparams(config_plain)
 
     model, dm, trainer, fit_s = fit_model(cfg, loggers=loggers)
+    # Learned baselines are fitted by every rank (a DDP fit is a collective); only rank zero uses the results.
+    learned = {}
+    if getattr(model, "is_codec", True) and not getattr(model, "is_classifier", False):
+        for name in [n for n in cfg.get("baselines") or [] if is_learned(n)]:
+            for i, image in enumerate(dm.images):
+                t0 = time.perf_counter()
+                container = encode_learned(name, image, target, _learned_overrides(cfg))
+                learned[name, i] = (container, time.perf_counter() - t0)
     if not trainer.is_global_zero:  # under DDP only rank zero writes files and logs results
         return {}
     if getattr(model, "is_classifier", False):  # diagnosis models: test AUROC, not a bitstream
@@ -251,13 +268,14 @@ def run_experiment(cfg: DictConfig) -> dict:
         rows.append(row)
     for name in cfg.get("baselines") or []:
         codec = get_codec(name)
-        for image in dm.images:
-            t0 = time.perf_counter()
-            if is_learned(name):  # fitted like run.py would, following this run's trainer limits
-                container = encode_learned(name, image, target, _learned_overrides(cfg))
+        for i, image in enumerate(dm.images):
+            if (name, i) in learned:  # fitted above, like run.py would, following this run's trainer limits
+                container, encode_s = learned[name, i]
             else:
+                t0 = time.perf_counter()
                 container = codec.encode(image, target)
-            row, decoded = evaluate(image, container, name, time.perf_counter() - t0, target)
+                encode_s = time.perf_counter() - t0
+            row, decoded = evaluate(image, container, name, encode_s, target)
             _log_row(row)
             mcz_files.append(_write_mcz(out, image, name, container))
             figures.append(_figure(out, image, decoded, row))

@@ -5,9 +5,7 @@ is lossy; hospital encodings are read; bad headers, bomb headers and dangerous o
 import json
 import os
 import shutil
-import struct
 import subprocess
-import zlib
 
 import nibabel as nib
 import numpy as np

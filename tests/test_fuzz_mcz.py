@@ -87,3 +87,26 @@ def test_untouched_real_files_decode():
 def test_header_shapes_are_checked_before_allocating(shape):
     with pytest.raises(MedcompError, match="shape"):
         decode_container(Container("jpeg", {"shape": shape, "dtype": "uint8"}, {"data": b""}))
+
+
+# Header values a decoder does not expect, behind a correct CRC: every image field of a real file replaced by junk of
+# every JSON kind. The result is a one-line MedcompError, or (for values that happen to be valid) the right image.
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**12) | st.floats(allow_nan=True)
+                           | st.text(max_size=6), lambda kids: st.lists(kids, max_size=10), max_leaves=12)
+IMAGE_FIELDS = ["shape", "dtype", "spacing", "origin", "direction", "rescale", "photometric", "modality", "mapping"]
+
+
+@FUZZ
+@given(which=st.integers(0, len(REAL) - 1), field=st.sampled_from(IMAGE_FIELDS),
+       value=JSON_VALUES | st.sampled_from(["|O", "<U4", "V8", "x", "abc", "<f2", ">c16", "M8[s]", "MONOCHROME3"])
+       | st.fixed_dictionaries({"offset": st.floats(allow_nan=True), "scale": st.floats(allow_nan=True)}))
+def test_real_files_with_junk_header_values(which, field, value):
+    c = Container.from_bytes(REAL[which])
+    bad = Container(c.codec, {**c.header, field: value}, c.sections)
+    try:
+        image = decode_container(Container.from_bytes(bad.to_bytes()))
+    except MedcompError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert image.array.shape == tuple(bad.header["shape"]) and image.array.dtype == np.dtype(bad.header["dtype"])
+    assert all(np.isfinite(image.array.astype(np.float64)).ravel())

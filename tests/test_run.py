@@ -91,6 +91,6 @@ def test_trained_2d_codec_fast_dev_run(tmp_path, model):
         f = out / "mcz" / f"{row['image']}.{model}.mcz"
         assert row["bpp"] == pytest.approx(8 * f.stat().st_size / np.prod(row["shape"]))
         # the file decodes in another process with the run's weights
-        d = subprocess.run([sys.executable, "-m", "medcomp.cli", "decompress", str(f), str(tmp_path / "d.npy"),
+        d = subprocess.run([sys.executable, "-m", "medcomp.cli", "decompress", str(f), str(tmp_path / f"{row['image']}.npy"),
                             "--ckpt", str(weights)], capture_output=True, text=True)
         assert d.returncode == 0, d.stderr

@@ -80,10 +80,27 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert m["summary"]["siren"]["psnr"] > 10 and m["summary"]["siren"]["ratio_actual"] > 32
 
 
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("ddp_spawn", marks=pytest.mark.slow)])
+def test_default_experiment_under_ddp_with_its_baselines(tmp_path, strategy):
+    """The default experiment (UniCompress, per-block SIREN as a learned baseline, JPEG 2000, HEVC) on 2 processes:
+    every rank takes part in every fit, rank zero alone writes one set of outputs (ddp_spawn: the main process builds
+    the networks and loads the weights the spawned fit sent back)."""
+    r = run_py(f"trainer={strategy}", "trainer.devices=2", "trainer.accelerator=cpu", "debug=fdr", "logger=wandb",
+               f"paths.log_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = list((tmp_path / "run" / "runs").iterdir())
+    assert len(runs) == 1
+    m = json.loads((runs[0] / "metrics.json").read_text())
+    assert set(m["summary"]) == {"unicompress", "siren", "jpeg2000", "hevc"}
+    assert len(list((runs[0] / "mcz").glob("*.mcz"))) == 12
+    assert len(list((runs[0] / "wandb").glob("offline-run-*"))) == 1
+
+
 @pytest.mark.slow
 def test_multirun_times_ddp_one_directory_and_one_wandb_run_per_point(tmp_path):
-    r = run_py("-m", "model=siren", "compression=cr64,cr256", "trainer=ddp", "trainer.devices=2",
-               "trainer.accelerator=cpu", "debug=limit", "logger=wandb", "callbacks=none", "baselines=[]",
+    # the default experiment (UniCompress, SIREN, JPEG 2000, HEVC): every fit of every job under DDP
+    r = run_py("-m", "compression=cr64,cr256", "trainer=ddp", "trainer.devices=2",
+               "trainer.accelerator=cpu", "debug=fdr", "logger=wandb", "callbacks=none",
                f"paths.log_dir={tmp_path}", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (tmp_path / "run" / "runs").exists()  # no stray single-run directories from rank 1
@@ -93,7 +110,7 @@ def test_multirun_times_ddp_one_directory_and_one_wandb_run_per_point(tmp_path):
     assert [p.name for p in jobs] == ["0", "1"]
     for job in jobs:
         m = json.loads((job / "metrics.json").read_text())
-        assert m["summary"]["siren"]["psnr"] > 10
+        assert set(m["summary"]) == {"unicompress", "siren", "jpeg2000", "hevc"}
     assert len(list(tmp_path.rglob("offline-run-*/run-*.wandb"))) == 2  # rank zero only
 
 

@@ -131,10 +131,12 @@ def check_header(header: dict) -> dict:
     if mapping is not None:
         if not isinstance(mapping, dict):
             raise CorruptFileError(f".mcz header: intensity mapping {mapping!r} is not an object")
-        for key in ("offset", "scale"):
-            v = mapping.get(key)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or (key == "scale" and v <= 0):
-                raise CorruptFileError(f".mcz header: intensity mapping {key} {v!r} is not a finite number")
+        for key, value in mapping.items():  # offset/scale (classical codecs), lo/hi (trained 2-D codecs)
+            if key == "bits":
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or (
+                    key == "scale" and value <= 0):
+                raise CorruptFileError(f".mcz header: intensity mapping {key} {value!r} is not a finite number")
     return header
 
 

@@ -46,6 +46,12 @@ class Image:
             if self.rescale == (1.0, 0.0):
                 self.rescale = None
 
+    def like(self, array: np.ndarray) -> Image:
+        """The same image (geometry, intensity mapping, modality) with other voxels."""
+        from dataclasses import replace
+
+        return replace(self, array=array)
+
     @property
     def ndim(self) -> int:
         return self.array.ndim

@@ -14,6 +14,7 @@ from medcomp.data.blocks import BlockLayout, merge_blocks
 from medcomp.data.datamodule import denormalise
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
+from medcomp.models.built_in_setup import BuiltInSetup
 from medcomp.nn.siren import BatchedSiren, grid_coordinates, siren_param_count, width_for_budget
 
 WEIGHT_DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -46,7 +47,7 @@ def solve_width(image: Image, layout: BlockLayout, ranges: np.ndarray, target: T
     return width
 
 
-class SirenCodec(L.LightningModule):
+class SirenCodec(BuiltInSetup, L.LightningModule):
     def __init__(self, depth: int = 5, w0: float = 30.0, lr: float = 1e-3, weight_dtype: str = "float16",
                  fit_steps: int = 1500, target: Target | None = None):
         super().__init__()
@@ -60,7 +61,7 @@ class SirenCodec(L.LightningModule):
     def setup(self, stage=None):
         if len(self.nets):
             return
-        dm = self.trainer.datamodule
+        dm = self.data
         hp = self.hparams
         for i, (image, layout, ranges) in enumerate(zip(dm.images, dm.layouts, dm.block_ranges)):
             width = solve_width(image, layout, ranges, self.target, hp.depth, hp.w0, hp.weight_dtype)
@@ -89,7 +90,7 @@ class SirenCodec(L.LightningModule):
 
     def export(self) -> list[Container]:
         """One container per image, weights rounded to ``weight_dtype``."""
-        dm = self.trainer.datamodule
+        dm = self.data
         out = []
         for net, width, image, layout, ranges in zip(self.nets, self.widths, dm.images, dm.layouts, dm.block_ranges):
             flat = net.flat_parameters().detach().cpu().numpy().astype(WEIGHT_DTYPES[self.hparams.weight_dtype])

@@ -23,6 +23,7 @@ from medcomp.data.blocks import BlockLayout, merge_blocks
 from medcomp.data.datamodule import denormalise
 from medcomp.data.image import Image
 from medcomp.errors import CorruptFileError, MedcompError
+from medcomp.models.built_in_setup import BuiltInSetup
 from medcomp.nn.fusion import AttentionFusion
 from medcomp.nn.pretrained import load_extractor
 from medcomp.nn.siren import BatchedSiren, grid_coordinates, width_for_budget
@@ -104,7 +105,7 @@ def decode_unicompress(container: Container, chunk_points: int = 1 << 18) -> np.
     return restore_dtype(merge_blocks(blocks, layout), h["dtype"])
 
 
-class UniCompress(L.LightningModule):
+class UniCompress(BuiltInSetup, L.LightningModule):
     """The teacher: every image of the data module gets one SIREN + codebook; the fusion encoder is shared."""
 
     codec_name = "unicompress"
@@ -163,7 +164,7 @@ class UniCompress(L.LightningModule):
     def setup(self, stage=None):
         if len(self.sirens):
             return
-        dm = self.trainer.datamodule
+        dm = self.data
         if dm.normalise != "image":
             raise MedcompError("model=unicompress shares one network across blocks: use data.normalise=image")
         hp = self.hparams
@@ -263,7 +264,7 @@ class UniCompress(L.LightningModule):
 
     @torch.no_grad()
     def export(self) -> list[Container]:
-        dm = self.trainer.datamodule
+        dm = self.data
         out = []
         for i, (image, layout, ranges) in enumerate(zip(dm.images, dm.layouts, dm.block_ranges)):
             _, _, idx, _ = self.codes(i)

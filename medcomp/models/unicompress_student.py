@@ -57,7 +57,7 @@ class UniCompressStudent(UniCompress):
                          ", ".join(skipped[:6]) + (" ..." if len(skipped) > 6 else ""))
         for key in ("depth", "w0", "code_dim", "codebook_bits"):  # the student's file follows the teacher's format
             self.hparams[key] = self.teacher.hparams[key]
-        dm = self.trainer.datamodule
+        dm = self.data
         extractor = self._build_extractor(dm.images[0].ndim)
         extractor.requires_grad_(True).train()
         self.extractor = extractor
@@ -141,7 +141,7 @@ class UniCompressStudent(UniCompress):
     @torch.no_grad()
     def export(self):
         """The student's files: its SIREN, the shared codebook, its own block indices (same format as the teacher)."""
-        dm = self.trainer.datamodule
+        dm = self.data
         out = []
         for i, (image, layout, ranges) in enumerate(zip(dm.images, dm.layouts, dm.block_ranges)):
             _, _, idx = self.student_codes(i)

@@ -43,13 +43,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_checkpoint_io():
     """Lightning's checkpoint writer, made write-then-rename (Lightning writes the file in place: a kill during the
-    write would leave a truncated last.ckpt that resume=auto then trips over)."""
-    from lightning.fabric.utilities import cloud_io
-    from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        def save_checkpoint(self, checkpoint, path, storage_options=None):
-            with atomic_path(path) as tmp:
-                cloud_io._atomic_save(checkpoint, tmp)
+    write would leave a truncated last.ckpt that resume=auto then trips over). The class lives in its own module so
+    that ddp_spawn can pickle it, and this module stays free of Lightning for the CLI."""
+    from medcomp.utils.checkpoint_io import AtomicCheckpointIO
 
     return AtomicCheckpointIO()

@@ -1,0 +1,38 @@
+"""Models whose networks are built in ``setup()`` from the data (one INR per image, its width from the byte budget).
+
+Under ``trainer=ddp_spawn`` the fit runs in spawned processes; the main process then gets rank zero's weights through
+``load_state_dict(strict=False)``, detached from its trainer and data, into a model whose ``setup()`` never ran
+there: nothing would be loaded and export would find no networks. This mixin keeps those weights until
+:meth:`restore_spawned_fit` can build the model from the data module and load them.
+"""
+
+from __future__ import annotations
+
+
+class BuiltInSetup:
+    _pending_state = None
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        own = self.state_dict()
+        if any(k not in own for k in state_dict) and getattr(self, "_trainer", None) is None:
+            self._pending_state = dict(state_dict)  # weights for networks setup() has not built yet
+            return None
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def restore_spawned_fit(self, datamodule) -> None:
+        """Build the networks from ``datamodule`` and load the weights a spawned fit sent back (no-op otherwise)."""
+        if self._pending_state is None:
+            return
+        self._data = datamodule
+        datamodule.setup("fit")
+        self.setup("fit")
+        state, self._pending_state = self._pending_state, None
+        super().load_state_dict(state, strict=True)
+
+    @property
+    def data(self):
+        """The data module the model is built from, kept once seen: ddp_spawn's teardown detaches it from the
+        trainer before the main process exports."""
+        if getattr(self, "_data", None) is None:
+            self._data = self.trainer.datamodule
+        return self._data
