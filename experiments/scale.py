@@ -8,13 +8,14 @@ included. Learned codecs (``--learned``) use short fits: this measures cost, not
 
     python experiments/scale.py                          # 75, 150, 300 slices, every classical codec
     python experiments/scale.py --resume                 # keep the cases an earlier run finished
-    python experiments/scale.py --learned siren unicompress --learned-slices 75 --fit-steps 20
+    python experiments/scale.py --learned siren:75,150,300 unicompress:75 --fit-steps 20     # what is recorded
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -103,7 +104,8 @@ def main() -> int:
     p.add_argument("--slices", nargs="+", type=int, default=[75, 150, 300])
     p.add_argument("--codecs", nargs="+", default=CLASSICAL)
     p.add_argument("--ratio", type=float, default=10.0)
-    p.add_argument("--learned", nargs="*", default=[], help="learned codecs to run (short fits)")
+    p.add_argument("--learned", nargs="*", default=[], metavar="CODEC[:N,N]",
+                   help="learned codecs to run (short fits), each at --learned-slices or at the sizes it names")
     p.add_argument("--learned-slices", nargs="+", type=int, default=[75])
     p.add_argument("--fit-steps", type=int, default=20)
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "scale.json"))
@@ -127,7 +129,11 @@ def main() -> int:
               "cases": earlier["cases"] if earlier else []}
     done = {(c["codec"], c["slices"]) for c in result["cases"]}
     jobs = [(c, n) for n in args.slices for c in args.codecs]
-    jobs += [(c, n) for n in args.learned_slices for c in args.learned]
+    learned = {}
+    for item in args.learned:
+        name, _, sizes = item.partition(":")
+        learned[name] = [int(v) for v in sizes.split(",")] if sizes else args.learned_slices
+    jobs += [(c, n) for c, sizes in learned.items() for n in sizes]
     with tempfile.TemporaryDirectory(prefix="medcomp-scale-") as tmp:
         tmp = Path(tmp)
         volumes = {}
@@ -138,9 +144,9 @@ def main() -> int:
                 volumes[n] = make_volume(n, tmp)
             src, nbytes = volumes[n]
             mcz, dec = tmp / f"{codec}_{n}.mcz", tmp / f"{codec}_{n}.nii.gz"
-            extra = ["-o", f"model.fit_steps={args.fit_steps}"] if codec in args.learned else []
+            extra = ["-o", f"model.fit_steps={args.fit_steps}"] if codec in learned else []
             case = {"codec": codec, "slices": n, "shape": [n, 512, 512], "voxels": n * 512 * 512,
-                    "volume_bytes": nbytes, "compress": timed(["compress", str(src), str(mcz), "--codec", codec,
+                    "volume_bytes": nbytes, "load_average_at_start": os.getloadavg()[0], "compress": timed(["compress", str(src), str(mcz), "--codec", codec,
                                                                "--ratio", str(args.ratio), *extra])}
             if case["compress"]["exit"] == 0:
                 case["decompress"] = timed(["decompress", str(mcz), str(dec)])

@@ -56,3 +56,18 @@ def merge_blocks(blocks: np.ndarray, layout: BlockLayout) -> np.ndarray:
     order = [x for i in range(d) for x in (i, d + i)]
     a = a.transpose(order).reshape(layout.padded)
     return a[tuple(slice(0, s) for s in layout.shape)]
+
+
+def assemble_blocks(layout: BlockLayout, dtype, chunks) -> np.ndarray:
+    """The image in ``dtype`` from ``chunks`` of decoded blocks, ``(first_block_index, values (k, *block))`` in
+    row-major grid order, each chunk rounded into ``dtype`` as it comes: the only full-size array is the output
+    (plus its edge padding), whatever the number of blocks."""
+    from medcomp.codecs.base import restore_dtype
+
+    out = np.empty(layout.padded, dtype=np.dtype(dtype))
+    for start, values in chunks:
+        values = restore_dtype(np.asarray(values).reshape((-1,) + layout.block), np.dtype(dtype).str)
+        for k, block in enumerate(values):
+            corner = np.unravel_index(start + k, layout.grid)
+            out[tuple(slice(c * b, (c + 1) * b) for c, b in zip(corner, layout.block))] = block
+    return np.ascontiguousarray(out[tuple(slice(0, s) for s in layout.shape)])

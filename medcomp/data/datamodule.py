@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,20 +16,30 @@ from medcomp.data.image import Image
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
 
+ROWS_VOXELS = 1 << 22  # float64 working set of the normalisation: one group of blocks, not the image
+
+
+def _row_groups(n_rows: int, row_len: int):
+    step = max(1, ROWS_VOXELS // max(row_len, 1))
+    return (slice(i, min(n_rows, i + step)) for i in range(0, n_rows, step))
+
 
 def normalise_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-block min/max (float32, they go in the file) and values mapped to [−1, 1]."""
-    flat = blocks.reshape(blocks.shape[0], -1).astype(np.float64)
-    lo = flat.min(axis=1).astype(np.float32)
-    hi = flat.max(axis=1).astype(np.float32)
-    ranges = np.stack([lo, hi], axis=1)
+    flat = blocks.reshape(blocks.shape[0], -1)
+    ranges = np.stack([flat.min(axis=1).astype(np.float64).astype(np.float32),
+                       flat.max(axis=1).astype(np.float64).astype(np.float32)], axis=1)
     return normalise_with(flat, ranges), ranges
 
 
 def normalise_with(flat: np.ndarray, ranges: np.ndarray) -> np.ndarray:
+    """(n_blocks, voxels) stored values → float32 in [−1, 1], in float64 arithmetic a group of blocks at a time."""
     lo, hi = ranges[:, :1].astype(np.float64), ranges[:, 1:].astype(np.float64)
     span = np.where(hi > lo, hi - lo, 1.0)
-    return (2.0 * (flat - lo) / span - 1.0).astype(np.float32)
+    out = np.empty(flat.shape, dtype=np.float32)
+    for g in _row_groups(*flat.shape):
+        out[g] = 2.0 * (flat[g].astype(np.float64) - lo[g]) / span[g] - 1.0
+    return out
 
 
 def denormalise(values: np.ndarray, ranges: np.ndarray) -> np.ndarray:
@@ -37,12 +48,27 @@ def denormalise(values: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     return (values.astype(np.float64) + 1.0) / 2.0 * span + lo
 
 
-class RandomPointsDataset(Dataset):
-    """Each item: for every image, ``points`` random voxel indices per block and their normalised values."""
+MAX_POINTS_PER_STEP = 1 << 20  # bounds a step's activations (and their gradients) whatever the image's size
 
-    def __init__(self, blocks: list[torch.Tensor], points: int, length: int, seed: int):
+
+log = logging.getLogger("medcomp")
+
+
+class RandomPointsDataset(Dataset):
+    """Each item: for every image, ``points`` random voxel indices per block and their normalised values. An image
+    with so many blocks that ``points`` per block would pass ``MAX_POINTS_PER_STEP`` gets fewer points per block
+    (a 300×512×512 CT in 32³ blocks: 341 instead of 4096), so that memory does not grow with the image."""
+
+    def __init__(self, blocks: list[torch.Tensor], points: int, length: int, seed: int,
+                 max_points: int = MAX_POINTS_PER_STEP):
         self.blocks, self.points, self.length = blocks, points, length
         self.generator = torch.Generator().manual_seed(seed)
+        total = sum(b.shape[0] for b in blocks)
+        wanted = sum(b.shape[0] * (b.shape[1] if points <= 0 else min(points, b.shape[1])) for b in blocks)
+        if wanted > max_points:
+            self.points = max(1, max_points // total)
+            log.info("%d points per block per step (of %s asked): %d blocks, at most %d points a step",
+                     self.points, points, total, max_points)
 
     def __len__(self):
         return self.length
@@ -94,7 +120,7 @@ class BlockDataModule(L.LightningDataModule):
             if self.normalise == "image":
                 lo, hi = np.float32(image.array.min()), np.float32(image.array.max())
                 ranges = np.tile(np.array([[lo, hi]], dtype=np.float32), (layout.n_blocks, 1))
-                norm = normalise_with(blocks.reshape(layout.n_blocks, -1).astype(np.float64), ranges)
+                norm = normalise_with(blocks.reshape(layout.n_blocks, -1), ranges)
             else:
                 norm, ranges = normalise_blocks(blocks)
             self.layouts.append(layout)
@@ -103,7 +129,10 @@ class BlockDataModule(L.LightningDataModule):
 
     def train_dataloader(self):
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        self._points = RandomPointsDataset(self.blocks, self.points_per_block, self.steps_per_epoch, self.seed + rank)
+        # The model may bound the points a step takes (its widest network's activations); else the default bound.
+        cap = getattr(getattr(self.trainer, "lightning_module", None), "max_points_per_step", None)
+        self._points = RandomPointsDataset(self.blocks, self.points_per_block, self.steps_per_epoch, self.seed + rank,
+                                           max_points=min(cap or MAX_POINTS_PER_STEP, MAX_POINTS_PER_STEP))
         if getattr(self, "_restored_generator", None) is not None:
             self._points.generator.set_state(self._restored_generator)
         return DataLoader(self._points, batch_size=None, shuffle=False, num_workers=0)

@@ -8,9 +8,18 @@ there: nothing would be loaded and export would find no networks. This mixin kee
 
 from __future__ import annotations
 
+MAX_ACTIVATIONS = 1 << 25  # points × width of one layer's activations in a training step (128 MB in float32)
+
 
 class BuiltInSetup:
     _pending_state = None
+
+    @property
+    def max_points_per_step(self) -> int | None:
+        """Points a training step may sample so that its widest network's activations stay bounded (a 300-slice
+        CT would otherwise take ~10 GB a step); None before the networks are sized."""
+        widths = getattr(self, "widths", None)
+        return max(1, MAX_ACTIVATIONS // max(widths)) if widths else None
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         own = self.state_dict()

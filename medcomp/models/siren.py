@@ -8,9 +8,9 @@ import lightning as L
 import numpy as np
 import torch
 
-from medcomp.codecs.base import Target, image_header, register_learned, restore_dtype
+from medcomp.codecs.base import Target, image_header, register_learned
 from medcomp.codecs.container import Container
-from medcomp.data.blocks import BlockLayout, merge_blocks
+from medcomp.data.blocks import BlockLayout, assemble_blocks
 from medcomp.data.datamodule import denormalise
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
@@ -100,7 +100,9 @@ class SirenCodec(BuiltInSetup, L.LightningModule):
 
 
 @torch.no_grad()
-def decode_siren(container: Container, chunk: int = 1 << 16) -> np.ndarray:
+def decode_siren(container: Container, chunk_points: int = 1 << 20) -> np.ndarray:
+    """Decoded a group of blocks at a time (``chunk_points`` voxels per group): memory is the output image plus
+    one group's activations, whatever the image's size."""
     h = container.header
     layout = BlockLayout.from_dict(h["layout"])
     dtype = np.dtype(WEIGHT_DTYPES[h["weight_dtype"]]).newbyteorder("<")
@@ -113,10 +115,16 @@ def decode_siren(container: Container, chunk: int = 1 << 16) -> np.ndarray:
     net = BatchedSiren(n, d, h["width"], h["depth"], 1, h["w0"])
     net.load_flat_parameters(torch.from_numpy(raw.astype(np.float32).reshape(n, per_net)))
     coords = grid_coordinates(layout.block)
-    values = torch.cat([net(coords[i : i + chunk].expand(n, -1, -1)).squeeze(-1)
-                        for i in range(0, coords.shape[0], chunk)], dim=1)
-    blocks = denormalise(values.numpy(), ranges.reshape(n, 2)).reshape((n,) + layout.block)
-    return restore_dtype(merge_blocks(blocks, layout), h["dtype"])
+    ranges = ranges.reshape(n, 2)
+    per = max(1, chunk_points // coords.shape[0])
+
+    def chunks():
+        for i in range(0, n, per):
+            group = slice(i, min(n, i + per))
+            values = net(coords.expand(group.stop - i, -1, -1), nets=group).squeeze(-1)
+            yield i, denormalise(values.numpy(), ranges[group])
+
+    return assemble_blocks(layout, h["dtype"], chunks())
 
 
 register_learned("siren", decode_siren)

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcomp.codecs.base import Target, image_header, register_learned, restore_dtype
+from medcomp.codecs.base import Target, image_header, register_learned
 from medcomp.codecs.container import Container
 from medcomp.codecs.quantize import dequantize, pack_symbols, quantize, unpack_symbols
-from medcomp.data.blocks import BlockLayout, merge_blocks
+from medcomp.data.blocks import BlockLayout, assemble_blocks
 from medcomp.data.datamodule import denormalise
 from medcomp.data.image import Image
 from medcomp.errors import CorruptFileError, MedcompError
@@ -94,15 +94,16 @@ def decode_unicompress(container: Container, chunk_points: int = 1 << 18) -> np.
     coords = grid_coordinates(layout.block)
     v = coords.shape[0]
     per = max(1, chunk_points // v)
-    out = []
-    for i in range(0, n, per):
-        c = codes[i : i + per]
-        inp = torch.cat([coords.expand(c.shape[0], -1, -1), c[:, None, :].expand(-1, v, -1)], dim=-1)
-        out.append(net(inp.reshape(1, -1, in_dim)).reshape(c.shape[0], v))
-    values = torch.cat(out).numpy()
-    ranges = np.tile(np.asarray(h["range"], dtype=np.float32)[None], (n, 1))
-    blocks = denormalise(values, ranges).reshape((n,) + layout.block)
-    return restore_dtype(merge_blocks(blocks, layout), h["dtype"])
+    value_range = np.asarray(h["range"], dtype=np.float32)[None]
+
+    def chunks():  # a group of blocks at a time: memory is the output plus one group's activations
+        for i in range(0, n, per):
+            c = codes[i : i + per]
+            inp = torch.cat([coords.expand(c.shape[0], -1, -1), c[:, None, :].expand(-1, v, -1)], dim=-1)
+            values = net(inp.reshape(1, -1, in_dim)).reshape(c.shape[0], v).numpy()
+            yield i, denormalise(values, np.repeat(value_range, c.shape[0], axis=0))
+
+    return assemble_blocks(layout, h["dtype"], chunks())
 
 
 class UniCompress(BuiltInSetup, L.LightningModule):

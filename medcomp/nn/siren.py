@@ -45,10 +45,14 @@ class BatchedSiren(nn.Module):
             self.weights.append(nn.Parameter(torch.empty(n_nets, fan_in, fan_out).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(n_nets, 1, fan_out).uniform_(-bound, bound)))
 
-    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+    def forward(self, coords: torch.Tensor, nets: slice | None = None) -> torch.Tensor:
+        """``nets``: evaluate only those networks (coords then has their count as first dim), e.g. to decode a
+        large image a group of blocks at a time."""
         x = coords
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            if nets is not None:
+                w, b = w[nets], b[nets]
             x = torch.baddbmm(b, x, w)
             if i < last:
                 x = torch.sin(self.w0 * x)
