@@ -12,12 +12,12 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage
 
 from medcomp.codecs.container import Container, read_container
 from medcomp.data.readers import read_image
 from tests.conftest import run_cli, smooth_volume
+from tests.test_readers import write_ct_slice
 
 
 def rotation(ax_deg: float, az_deg: float) -> np.ndarray:
@@ -92,26 +92,6 @@ def test_nifti_geometry_and_rescale_survive_every_writer(tmp_path, oblique):
     np.testing.assert_array_equal(back.array, np.asarray(ref_nib.dataobj.get_unscaled()).T)
 
 
-def write_slice(path, stored, *, position, orientation, spacing=(0.7, 0.8), photometric="MONOCHROME2",
-                slope=1.0, intercept=-1024.0, series_uid="1.2.826.0.1.3680043.8.498.1", modality="CT"):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SeriesInstanceUID = modality, series_uid
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
-    ds.PixelSpacing = list(spacing)
-    ds.ImageOrientationPatient = [f"{v:.8f}" for v in orientation]
-    ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 def oblique_series(folder, photometric="MONOCHROME2", slope=1.0, intercept=-1024.0, modality="CT"):
     folder.mkdir()
     rot = rotation(15, -20)
@@ -119,8 +99,9 @@ def oblique_series(folder, photometric="MONOCHROME2", slope=1.0, intercept=-1024
     vol = smooth_volume((5, 24, 20), dtype=np.uint16, lo=0, hi=4000)
     origin = np.array([-80.0, 40.5, 300.25])
     for k in range(vol.shape[0]):  # file names in reverse order of position: the reader must sort by position
-        write_slice(folder / f"s{9 - k}.dcm", vol[k], position=origin + 3.0 * k * normal, orientation=[*row, *col],
-                    photometric=photometric, slope=slope, intercept=intercept, modality=modality)
+        write_ct_slice(folder / f"s{9 - k}.dcm", vol[k], 0.0, "1.2.826.0.1.3680043.8.498.1", k + 1, slope, intercept,
+                       position=origin + 3.0 * k * normal, orientation=[*row, *col], photometric=photometric,
+                       modality=modality)
     return vol
 
 

@@ -18,23 +18,24 @@ from medcomp.errors import MedcompError
 from tests.conftest import smooth_volume
 
 
-def write_ct_slice(path, stored: np.ndarray, z: float, series_uid: str, instance: int, slope=1, intercept=-1024):
+def write_ct_slice(path, stored: np.ndarray, z: float, series_uid: str, instance: int, slope=1, intercept=-1024, *,
+                   position=None, orientation=(1, 0, 0, 0, 1, 0), photometric="MONOCHROME2", modality="CT"):
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SeriesInstanceUID, ds.InstanceNumber = "CT", series_uid, instance
+    ds.Modality, ds.SeriesInstanceUID, ds.InstanceNumber = modality, series_uid, instance
     ds.PatientName, ds.PatientID = "Test^Patient", "TEST-0001"
     ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    ds.RescaleSlope, ds.RescaleIntercept = f"{slope:g}", f"{intercept:g}"
     ds.PixelSpacing = [0.7, 0.8]
     ds.SliceThickness = 2.5
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [0, 0, z]
+    ds.ImageOrientationPatient = [f"{v:.8f}" for v in orientation]
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in (position if position is not None else (0, 0, z))]
     ds.PixelData = stored.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
 
