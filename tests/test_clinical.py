@@ -294,3 +294,21 @@ def test_ssim_memory_is_bounded_for_a_large_radiograph():
     assert 0.9 < ssim(a, b) < 1.0 and 0.9 < ms_ssim(a, b) <= 1.0
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 1500, grown_mb
+
+
+def test_sigterm_during_encode_leaves_nothing(tmp_path):
+    import signal
+    import sys
+    import time
+
+    src = tmp_path / "in.nii.gz"
+    oblique_nifti(src, smooth_volume((60, 128, 128), lo=0, hi=1000), oblique=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.Popen([sys.executable, "-m", "medcomp.cli", "compress", str(src), str(out / "x.mcz"), "--codec",
+                          "jpegxl", "--ratio", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # past the imports and the read: inside the encode
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and err.strip() == "medcomp: interrupted; nothing was written"
+    assert list(out.iterdir()) == []
