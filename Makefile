@@ -38,7 +38,7 @@ bench: install
 	$(BIN)/python experiments/unicompress_rd.py --steps 600
 	$(BIN)/python experiments/codecs2d_rd.py
 	$(BIN)/python experiments/analysis_auroc.py
-	$(BIN)/python experiments/scale.py --learned siren:75,150,300 unicompress:75 --fit-steps 20
+	$(BIN)/python experiments/scale.py --learned siren:75,150,300 unicompress:75@256 --fit-steps 20
 
 lint: install
 	$(BIN)/ruff check medcomp tests experiments run.py

@@ -8,7 +8,7 @@ included. Learned codecs (``--learned``) use short fits: this measures cost, not
 
     python experiments/scale.py                          # 75, 150, 300 slices, every classical codec
     python experiments/scale.py --resume                 # keep the cases an earlier run finished
-    python experiments/scale.py --learned siren:75,150,300 unicompress:75 --fit-steps 20     # what is recorded
+    python experiments/scale.py --learned siren:75,150,300 unicompress:75@256 --fit-steps 20     # recorded
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcomp.bench import earlier_result, machine
+from medcomp.bench import machine
 from medcomp.data.readers import read_image
 from medcomp.data.writers import write_image
 from medcomp.utils.atomic import atomic_path, atomic_write_text
@@ -76,6 +76,8 @@ def plot(result: dict, path: Path) -> None:
         if not cs:
             continue
         mvox = [c["voxels"] / 1e6 for c in cs]
+        ratio = cs[0].get("ratio", result["settings"]["ratio"])
+        codec = codec if ratio == result["settings"]["ratio"] else f"{codec} (CR {ratio:g})"
         axes[0].plot(mvox, [c["compress"]["wall_s"] for c in cs], "o-", label=codec)
         axes[1].plot(mvox, [c["compress"]["peak_rss_bytes"] / 2**30 for c in cs], "o-", label=f"{codec} compress")
         axes[1].plot(mvox, [c["decompress"]["peak_rss_bytes"] / 2**30 for c in cs if c.get("decompress")][: len(cs)],
@@ -85,7 +87,7 @@ def plot(result: dict, path: Path) -> None:
     axes[1].plot([v / 1e6 for v in vox], [(4 * v * 2 + 1.5 * 2**30) / 2**30 for v in vox], "k--",
                  label="limit: 4 × volume + 1.5 GB")
     for ax, title in zip(axes, ["compress wall time (s)", "peak RSS (GiB): o compress, x decompress",
-                                "file size (MiB) at CR 10"]):
+                                f"file size (MiB), CR {result['settings']['ratio']:g} unless marked"]):
         ax.set_xlabel("voxels (millions; 512×512 slices)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
@@ -104,8 +106,9 @@ def main() -> int:
     p.add_argument("--slices", nargs="+", type=int, default=[75, 150, 300])
     p.add_argument("--codecs", nargs="+", default=CLASSICAL)
     p.add_argument("--ratio", type=float, default=10.0)
-    p.add_argument("--learned", nargs="*", default=[], metavar="CODEC[:N,N]",
-                   help="learned codecs to run (short fits), each at --learned-slices or at the sizes it names")
+    p.add_argument("--learned", nargs="*", default=[], metavar="CODEC[:N,N][@RATIO]",
+                   help="learned codecs to run (short fits), each at --learned-slices or at the sizes it names, at "
+                        "--ratio or at its own ratio (UniCompress decodes one wide SIREN: CR 10 is hours on a CPU)")
     p.add_argument("--learned-slices", nargs="+", type=int, default=[75])
     p.add_argument("--fit-steps", type=int, default=20)
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "scale.json"))
@@ -121,19 +124,33 @@ def main() -> int:
     out = Path(args.out)
     settings = {"slices": args.slices, "codecs": args.codecs, "ratio": args.ratio, "learned": args.learned,
                 "learned_slices": args.learned_slices, "fit_steps": args.fit_steps}
-    earlier = earlier_result(out, settings) if args.resume else None
+    # --resume keeps every earlier case run with the same codec, size, ratio and fit steps (the case's identity),
+    # so a stopped run goes on and codecs can be added without re-running the others.
+    earlier = json.loads(out.read_text()) if args.resume and out.exists() else None
     result = {"name": "scale", "command": "python " + " ".join(sys.argv), "settings": settings,
               "source": f"{SERIES.relative_to(ROOT.parent)} (20 real slices) tiled along z",
               "limit": "peak RSS <= 4 x volume bytes + 1.5 GB", "machine": machine(),
               "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "cases": earlier["cases"] if earlier else []}
-    done = {(c["codec"], c["slices"]) for c in result["cases"]}
+    for c in result["cases"]:
+        c.setdefault("ratio", earlier["settings"]["ratio"])
+        c.setdefault("fit_steps", earlier["settings"]["fit_steps"] if c["codec"] not in CLASSICAL else None)
     jobs = [(c, n) for n in args.slices for c in args.codecs]
-    learned = {}
+    learned, ratios = {}, {c: args.ratio for c in args.codecs}
     for item in args.learned:
+        item, _, ratio = item.partition("@")
         name, _, sizes = item.partition(":")
         learned[name] = [int(v) for v in sizes.split(",")] if sizes else args.learned_slices
+        ratios[name] = float(ratio) if ratio else args.ratio
     jobs += [(c, n) for c, sizes in learned.items() for n in sizes]
+
+    def identity(codec, n, ratio, steps):
+        return codec, n, float(ratio), steps if codec in learned else None
+
+    wanted = {identity(c, n, ratios[c], args.fit_steps) for c, n in jobs}
+    result["cases"] = [c for c in result["cases"] if identity(c["codec"], c["slices"], c["ratio"], c["fit_steps"])
+                       in wanted]
+    done = {(c["codec"], c["slices"]) for c in result["cases"]}
     with tempfile.TemporaryDirectory(prefix="medcomp-scale-") as tmp:
         tmp = Path(tmp)
         volumes = {}
@@ -146,8 +163,10 @@ def main() -> int:
             mcz, dec = tmp / f"{codec}_{n}.mcz", tmp / f"{codec}_{n}.nii.gz"
             extra = ["-o", f"model.fit_steps={args.fit_steps}"] if codec in learned else []
             case = {"codec": codec, "slices": n, "shape": [n, 512, 512], "voxels": n * 512 * 512,
-                    "volume_bytes": nbytes, "load_average_at_start": os.getloadavg()[0], "compress": timed(["compress", str(src), str(mcz), "--codec", codec,
-                                                               "--ratio", str(args.ratio), *extra])}
+                    "volume_bytes": nbytes, "ratio": ratios[codec], "fit_steps": args.fit_steps if codec in learned else None,
+                    "load_average_at_start": os.getloadavg()[0],
+                    "compress": timed(["compress", str(src), str(mcz), "--codec", codec, "--ratio", str(ratios[codec]),
+                                       *extra])}
             if case["compress"]["exit"] == 0:
                 case["decompress"] = timed(["decompress", str(mcz), str(dec)])
                 for step in ("compress", "decompress"):
