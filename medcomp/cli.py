@@ -26,7 +26,7 @@ def cmd_compress(args) -> int:
     from medcomp.data.readers import read_image
     from medcomp.pipeline import encode_learned, evaluate
     from medcomp.utils.atomic import atomic_write_bytes
-    from medcomp.utils.outputs import check_output_path
+    from medcomp.utils.outputs import check_free_space, check_output_path
 
     target = _target(args)
     source = args.input if Path(args.input).exists() or ":" not in args.input else args.input.rsplit(":", 1)[0]
@@ -35,7 +35,7 @@ def cmd_compress(args) -> int:
         raise MedcompError(f"{args.output}: the compressed file must end in .mcz")
     image = read_image(args.input, key=args.key)
     # Room for twice the target (a codec that cannot reach its target writes more, and says so in the ratio).
-    check_output_path(args.output, [source], force=args.force, need_bytes=int(target.target_bytes(image) * 2) + (1 << 20))
+    check_free_space(args.output, int(target.target_bytes(image) * 2) + (1 << 20))
     learned = is_learned(args.codec)  # imports the codec's module here, so encode_s does not count it
     if not learned and args.override:
         raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(learned_codecs()))}), not '{args.codec}'")
@@ -67,15 +67,14 @@ def cmd_decompress(args) -> int:
     from medcomp.codecs.base import check_header, decode_container, get_codec
     from medcomp.codecs.container import read_container
     from medcomp.data.writers import Lossy, check_output, is_dicom_series_path, write_image
-    from medcomp.utils.outputs import check_output_path
+    from medcomp.utils.outputs import check_free_space, check_output_path
 
     check_output_path(args.output, [args.input], force=args.force, folder_ok=is_dicom_series_path(args.output))
     container = read_container(args.input)
     header = check_header(container.header)
     original_bytes = int(np.prod(header["shape"])) * np.dtype(header["dtype"]).itemsize
     check_output(args.output, len(header["shape"]))
-    check_output_path(args.output, [args.input], force=args.force, need_bytes=int(original_bytes * 1.1) + (1 << 20),
-                      folder_ok=is_dicom_series_path(args.output))
+    check_free_space(args.output, int(original_bytes * 1.1) + (1 << 20))
     image = decode_container(container, **_ckpt_kwargs(container.codec, args.ckpt))
     codec = get_codec(container.codec, **_ckpt_kwargs(container.codec, args.ckpt))
     file_bytes = Path(args.input).stat().st_size

@@ -13,6 +13,7 @@ import numpy as np
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image
 from medcomp.errors import CorruptFileError, MedcompError
+from medcomp.utils.memory import check_fits
 
 
 @dataclass(frozen=True)
@@ -276,12 +277,9 @@ def decode_container(container: Container, **kwargs) -> Image:
     its codec (hand-edited, or written by a buggy encoder) gives a CorruptFileError, never another exception."""
     header = check_header(container.header)
     shape = header["shape"]
-    need = math.prod(shape) * np.dtype(header["dtype"]).itemsize
-    from medcomp.utils.memory import available_bytes
-
-    if need * 3 > available_bytes():  # the decoded array, its float working copy and the writer's
-        raise CorruptFileError(f".mcz header: a {shape} {np.dtype(header['dtype']).name} image needs "
-                               f"{need * 3 / 2**30:.1f} GiB to decode, more than this machine has available")
+    # the decoded array, its float working slab and the writer's copy
+    check_fits(math.prod(shape) * np.dtype(header["dtype"]).itemsize * 3, ".mcz header",
+               f"decoding a {shape} {np.dtype(header['dtype']).name} image")
     codec = get_codec(container.codec, **kwargs)
     try:
         array = codec.decode(container)

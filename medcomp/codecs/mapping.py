@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from medcomp.codecs.base import restore_dtype
+from medcomp.utils.memory import slabs
+
 SLAB_VOXELS = 1 << 22
-
-
-def _slabs(shape: tuple):
-    n = shape[0] if len(shape) > 1 else 1
-    per = int(np.prod(shape[1:])) if len(shape) > 1 else int(np.prod(shape))
-    step = max(1, SLAB_VOXELS // max(per, 1))
-    for start in range(0, n, step):
-        yield slice(start, min(n, start + step))
 
 
 def to_unsigned(array: np.ndarray, bits: int) -> tuple[np.ndarray, dict]:
@@ -32,18 +27,16 @@ def to_unsigned(array: np.ndarray, bits: int) -> tuple[np.ndarray, dict]:
         scale = (hi - lo) / top if hi > lo else 1.0
     coded = np.empty(array.shape, dtype=np.uint16 if bits > 8 else np.uint8)
     flat_in, flat_out = (array, coded) if array.ndim > 1 else (array[None], coded[None])
-    for s in _slabs(flat_in.shape):
+    for s in slabs(flat_in.shape[0], flat_in[0].size, SLAB_VOXELS):
         flat_out[s] = np.clip(np.rint((flat_in[s].astype(np.float64) - lo) / scale), 0, top)
     return coded, {"offset": lo, "scale": scale, "bits": bits}
 
 
 def from_unsigned(coded: np.ndarray, mapping: dict, dtype: str | np.dtype = np.float64) -> np.ndarray:
     """The inverse of :func:`to_unsigned`, rounded and clipped into ``dtype`` (float64 by default)."""
-    from medcomp.codecs.base import restore_dtype
-
     out = np.empty(coded.shape, dtype=np.dtype(dtype))
     flat_in, flat_out = (coded, out) if coded.ndim > 1 else (coded[None], out[None])
     scale, offset = float(mapping["scale"]), float(mapping["offset"])
-    for s in _slabs(flat_in.shape):
+    for s in slabs(flat_in.shape[0], flat_in[0].size, SLAB_VOXELS):
         flat_out[s] = restore_dtype(flat_in[s].astype(np.float64) * scale + offset, out.dtype.str)
     return out

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from medcomp.codecs.base import restore_dtype
+
 DEFAULT_BLOCK = {2: (256, 256), 3: (32, 32, 32)}
 
 
@@ -50,20 +52,10 @@ def split_blocks(array: np.ndarray, layout: BlockLayout) -> np.ndarray:
     return a.reshape((layout.n_blocks,) + layout.block)
 
 
-def merge_blocks(blocks: np.ndarray, layout: BlockLayout) -> np.ndarray:
-    d = len(layout.shape)
-    a = blocks.reshape(layout.grid + layout.block)
-    order = [x for i in range(d) for x in (i, d + i)]
-    a = a.transpose(order).reshape(layout.padded)
-    return a[tuple(slice(0, s) for s in layout.shape)]
-
-
 def assemble_blocks(layout: BlockLayout, dtype, chunks) -> np.ndarray:
     """The image in ``dtype`` from ``chunks`` of decoded blocks, ``(first_block_index, values (k, *block))`` in
     row-major grid order, each chunk rounded into ``dtype`` as it comes: the only full-size array is the output
     (plus its edge padding), whatever the number of blocks."""
-    from medcomp.codecs.base import restore_dtype
-
     out = np.empty(layout.padded, dtype=np.dtype(dtype))
     for start, values in chunks:
         values = restore_dtype(np.asarray(values).reshape((-1,) + layout.block), np.dtype(dtype).str)

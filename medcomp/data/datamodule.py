@@ -15,13 +15,9 @@ from medcomp.data.blocks import BlockLayout, plan_blocks, split_blocks
 from medcomp.data.image import Image
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
+from medcomp.utils.memory import slabs
 
 ROWS_VOXELS = 1 << 22  # float64 working set of the normalisation: one group of blocks, not the image
-
-
-def _row_groups(n_rows: int, row_len: int):
-    step = max(1, ROWS_VOXELS // max(row_len, 1))
-    return (slice(i, min(n_rows, i + step)) for i in range(0, n_rows, step))
 
 
 def normalise_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -37,7 +33,7 @@ def normalise_with(flat: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     lo, hi = ranges[:, :1].astype(np.float64), ranges[:, 1:].astype(np.float64)
     span = np.where(hi > lo, hi - lo, 1.0)
     out = np.empty(flat.shape, dtype=np.float32)
-    for g in _row_groups(*flat.shape):
+    for g in slabs(*flat.shape, ROWS_VOXELS):
         out[g] = 2.0 * (flat[g].astype(np.float64) - lo[g]) / span[g] - 1.0
     return out
 

@@ -151,12 +151,20 @@ def _dcmread(path: Path, **kwargs):
 def _check_pixel_module(path, ds) -> None:
     if "PixelData" not in ds:
         raise MedcompError(f"{path}: DICOM file has no pixel data")
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    photometric = _photometric(ds)
     if int(ds.get("SamplesPerPixel", 1)) != 1 or photometric not in GREYSCALE:
         raise MedcompError(f"{path}: {photometric} DICOM (SamplesPerPixel={ds.get('SamplesPerPixel', 1)}); "
                            "only grayscale (MONOCHROME1/2) is supported")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    check_fits(int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * frames * 8, str(path), "its pixel data")
+
+
+def _photometric(ds) -> str:
+    return str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+
+
+def _rescaled_pixels(path, ds, meta: dict) -> tuple[np.ndarray, tuple | None]:
+    """The decoded pixels with the file's Rescale Slope/Intercept applied or returned (see :func:`_rescaled`)."""
+    return _rescaled(_pixels(path, ds), float(ds.get("RescaleSlope", 1) or 1),
+                     float(ds.get("RescaleIntercept", 0) or 0), meta)
 
 
 def _pixels(path, ds) -> np.ndarray:
@@ -190,16 +198,16 @@ def read_dicom_file(path: Path) -> Image:
     except InvalidDicomError as exc:
         raise MedcompError(f"{path}: not a DICOM file ({_first_line(exc)})") from exc
     _check_pixel_module(path, ds)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    check_fits(int(ds.get("Rows", 0)) * int(ds.get("Columns", 0)) * frames * 8, str(path), "its pixel data")
     meta = _dicom_meta(ds)
-    array, rescale = _rescaled(_pixels(path, ds), float(ds.get("RescaleSlope", 1) or 1),
-                               float(ds.get("RescaleIntercept", 0) or 0), meta)
+    array, rescale = _rescaled_pixels(path, ds, meta)
     spacing, origin, direction = _plane_geometry(ds)
     if array.ndim == 3:  # multi-frame: legacy or enhanced; the per-frame geometry of enhanced objects is not read
         dz = float(ds.get("SpacingBetweenSlices", ds.get("SliceThickness", 1.0)) or 1.0)
         spacing = (dz,) + spacing if spacing else None
     return Image(array, spacing, meta, origin=origin, direction=direction, rescale=rescale,
-                 photometric=str(ds.PhotometricInterpretation).strip() if "PhotometricInterpretation" in ds
-                 else "MONOCHROME2", modality=meta["modality"] or None)
+                 photometric=_photometric(ds), modality=meta["modality"] or None)
 
 
 def read_dicom_series(folder: Path) -> Image:
@@ -237,8 +245,9 @@ def read_dicom_series(folder: Path) -> Image:
                 raise MedcompError(f"{f}: ImageOrientationPatient differs from the series' first slice; "
                                    "slices of one volume must share one orientation")
         normal = np.cross(iop[:3], iop[3:])
-        headers.sort(key=lambda item: float(np.dot(normal, np.asarray(item[1].ImagePositionPatient, dtype=float))))
-        positions = [float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))) for _, ds in headers]
+        along = [float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))) for _, ds in headers]
+        order = np.argsort(along, kind="stable")
+        headers, positions = [headers[i] for i in order], [along[i] for i in order]
     else:
         headers.sort(key=lambda item: float(item[1].get("InstanceNumber", 0) or 0))
         positions = []
@@ -249,8 +258,7 @@ def read_dicom_series(folder: Path) -> Image:
     for k, (f, _) in enumerate(headers):
         ds = _dcmread(f)
         _check_pixel_module(f, ds)
-        plane, rescale = _rescaled(_pixels(f, ds), float(ds.get("RescaleSlope", 1) or 1),
-                                   float(ds.get("RescaleIntercept", 0) or 0), meta)
+        plane, rescale = _rescaled_pixels(f, ds, meta)
         if plane.ndim != 2:
             raise MedcompError(f"{f}: expected one 2-D slice per file in a series, got shape {plane.shape}")
         rescales.add(rescale)
@@ -273,8 +281,7 @@ def read_dicom_series(folder: Path) -> Image:
         dz = float(ds0.get("SpacingBetweenSlices", ds0.get("SliceThickness", 1.0)) or 1.0)
     spacing = (abs(dz) or 1.0,) + spacing if spacing else None
     return Image(volume, spacing, meta, name=folder.name, origin=origin, direction=direction,
-                 rescale=next(iter(rescales)), modality=meta["modality"] or None,
-                 photometric=str(ds0.get("PhotometricInterpretation", "MONOCHROME2")).strip())
+                 rescale=next(iter(rescales)), modality=meta["modality"] or None, photometric=_photometric(ds0))
 
 
 # --- NIfTI, NRRD/MHA, HDF5, rasters, NPY --------------------------------------------------------------------

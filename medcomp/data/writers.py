@@ -7,8 +7,6 @@ can hold them; what a format cannot hold is said in a note the caller prints, ne
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +17,7 @@ from medcomp.data.geometry import dicom_orientation, lps_affine, ras_affine, sli
 from medcomp.data.image import Image
 from medcomp.data.readers import ITK_SUFFIXES, NIFTI_SUFFIXES, _suffix
 from medcomp.errors import MedcompError
-from medcomp.utils.atomic import atomic_path
+from medcomp.utils.atomic import atomic_folder, atomic_path
 
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".npy", ".png", ".tif", ".tiff", ".dcm")
 
@@ -78,7 +76,7 @@ def write_image(path: str | os.PathLike, image: Image, lossy: Lossy | None = Non
         if suf in NIFTI_SUFFIXES:
             _write_nifti(tmp, image)
         elif suf in ITK_SUFFIXES:
-            notes += _write_itk(tmp, image)
+            notes += _write_itk(tmp, image, path)
         elif suf == ".dcm":
             _write_dicom_file(tmp, image, lossy)
         elif suf == ".npy":
@@ -135,14 +133,13 @@ def _write_nifti(tmp: Path, image: Image) -> None:
         hdr.data_to_fileobj(np.asarray(a.T), fh, rescale=False)
 
 
-def _write_itk(tmp: Path, image: Image) -> list[str]:
+def _write_itk(tmp: Path, image: Image, path: Path) -> list[str]:
     import SimpleITK as sitk
 
     notes = []
     values = _real_values(image)
     if image.rescale is not None:
-        notes.append(f"{tmp.name.split('.tmp')[-1] or 'output'}: NRRD/MHA have no rescale field; written as real "
-                     f"values ({values.dtype})")
+        notes.append(f"{path}: NRRD/MHA have no rescale field; written as real values ({values.dtype})")
     aff = lps_affine(image.spacing, image.origin, image.direction, values.ndim)
     planar = values.ndim == 2 and np.allclose(aff[2, :3], [0, 0, 1]) and np.allclose(aff[:2, 2], 0)
     if values.ndim == 2 and not planar:
@@ -312,25 +309,9 @@ def write_dicom_series(folder: Path, image: Image, lossy: Lossy | None = None) -
     folder = Path(os.fspath(folder).rstrip(os.sep) or os.sep)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise MedcompError(f"{folder}: exists and is not an empty folder; a DICOM series needs a new or empty folder")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        series = _new_series()
-        planes = image.array if image.array.ndim == 3 else image.array[None]
-        pixels = _dicom_pixels(folder, image, image.modality == "CT")
-        for k in range(len(planes)):
+    series = _new_series()
+    pixels = _dicom_pixels(folder, image, image.modality == "CT")
+    with atomic_folder(folder) as tmp:
+        for k in range(image.array.shape[0] if image.array.ndim == 3 else 1):
             _write_dicom_file(tmp / f"IM{k + 1:05d}.dcm", image, lossy, series, k, pixels)
-        os.chmod(tmp, 0o777 & ~_umask())
-        if folder.exists():
-            folder.rmdir()  # empty, checked above
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return []
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medcomp.utils.memory import slabs
+
 CHUNK_VOXELS = 1 << 21  # ≈ 2 M voxels per group: ~16 MB per float64 map, ~250 MB for SSIM's working set
 WINDOW, SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
 MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -19,12 +21,6 @@ MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 def _slices(a: np.ndarray) -> np.ndarray:
     return a[None] if a.ndim == 2 else a.reshape((-1,) + a.shape[-2:])
-
-
-def _groups(n_slices: int, slice_voxels: int):
-    step = max(1, CHUNK_VOXELS // max(slice_voxels, 1))
-    for start in range(0, n_slices, step):
-        yield slice(start, min(n_slices, start + step))
 
 
 def data_range(original: np.ndarray) -> float:
@@ -41,7 +37,7 @@ def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
         raise ValueError(f"shape mismatch {np.shape(original)} vs {np.shape(decoded)}")
     a, b = _slices(np.asarray(original)), _slices(np.asarray(decoded))
     sse = 0.0
-    for g in _groups(a.shape[0], a[0].size):
+    for g in slabs(a.shape[0], a[0].size, CHUNK_VOXELS):
         d = a[g].astype(np.float64) - b[g].astype(np.float64)
         sse += float(np.dot(d.ravel(), d.ravel()))
     mse = sse / a.size
@@ -85,7 +81,7 @@ def _per_slice(original, decoded, fn) -> list[float]:
     rng = data_range(original)
     out: list[float] = []
     with torch.no_grad():
-        for g in _groups(a.shape[0], a[0].size):
+        for g in slabs(a.shape[0], a[0].size, CHUNK_VOXELS):
             x = torch.from_numpy(a[g].astype(np.float64))[:, None]
             y = torch.from_numpy(b[g].astype(np.float64))[:, None]
             out += fn(x, y, rng)

@@ -31,6 +31,13 @@ def available_bytes() -> int:
     return int(avail)
 
 
+def slabs(n: int, per_item: int, budget: int):
+    """Slices over ``n`` items (slices, blocks, rows) of ``per_item`` voxels each, at most ``budget`` voxels a slice
+    (at least one item): the unit of work of every step that must not make a full-size float copy."""
+    step = max(1, budget // max(per_item, 1))
+    return (slice(i, min(n, i + step)) for i in range(0, n, step))
+
+
 def check_fits(nbytes: int, source: str, what: str = "the image") -> None:
     """Refuse ``nbytes`` (the array a step is about to make) when this machine cannot hold it."""
     avail = available_bytes()

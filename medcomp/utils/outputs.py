@@ -18,10 +18,10 @@ def _same(a: Path, b: Path) -> bool:
 
 
 def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike], *, force: bool = False,
-                      need_bytes: int = 0, folder_ok: bool = False) -> Path:
+                      folder_ok: bool = False) -> Path:
     """Refuse, in one line each: an output that is (or resolves to) an input or lies inside an input folder; an
     existing file without ``force``; an existing folder where a file is wanted (``folder_ok``: an empty folder is
-    fine, for a DICOM series); a folder that cannot be created or written; a disk without ``need_bytes`` free."""
+    fine, for a DICOM series); a folder that cannot be created or written."""
     out = Path(output)
     for src in map(Path, inputs):
         if out.resolve() == src.resolve() or _same(out, src):
@@ -35,10 +35,7 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
             raise MedcompError(f"{out}: folder exists and is not empty; a DICOM series needs a new or empty folder")
     elif out.exists() and not force:
         raise MedcompError(f"{out}: exists; use --force to overwrite it")
-    parent = out.resolve().parent if not out.is_dir() else out.resolve()
-    existing = parent
-    while not existing.exists():
-        existing = existing.parent
+    existing = _existing_folder(out)
     if not existing.is_dir():
         raise MedcompError(f"{out}: {existing} is a file, not a folder")
     try:  # a real probe: os.access says yes to root on any folder, and knows nothing of read-only mounts
@@ -47,8 +44,20 @@ def check_output_path(output: str | os.PathLike, inputs: list[str | os.PathLike]
         os.unlink(probe)
     except OSError as exc:
         raise MedcompError(f"{out}: folder {existing} is not writable ({exc.strerror})") from exc
-    free = shutil.disk_usage(existing).free
-    if need_bytes and free < need_bytes:
-        raise MedcompError(f"{out}: {free / 2**20:.0f} MiB free on the disk, the output needs about "
-                           f"{need_bytes / 2**20:.0f} MiB")
     return out
+
+
+def _existing_folder(out: Path) -> Path:
+    """The nearest existing folder the output will be written under (parents are created on writing)."""
+    existing = out.resolve() if out.is_dir() else out.resolve().parent
+    while not existing.exists():
+        existing = existing.parent
+    return existing
+
+
+def check_free_space(output: str | os.PathLike, need_bytes: int) -> None:
+    """Refuse an output whose disk has less than ``need_bytes`` free (known once the image's size is)."""
+    free = shutil.disk_usage(_existing_folder(Path(output))).free
+    if free < need_bytes:
+        raise MedcompError(f"{output}: {free / 2**20:.0f} MiB free on the disk, the output needs about "
+                           f"{need_bytes / 2**20:.0f} MiB")
