@@ -50,8 +50,8 @@ def test_volume_limit_run_fits_and_improves(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     out = only_dir(tmp_path / "logs" / "run" / "runs")
     m = json.loads((out / "metrics.json").read_text())["summary"]["siren"]
-    # Never over budget; one integer width for all blocks means the file can come out smaller than the target.
-    assert 16 <= m["ratio_actual"] < 16 * 1.25
+    # Never over budget, and the quantiser's levels fill what the integer width leaves (issue 17: within 3 %).
+    assert 16 <= m["ratio_actual"] <= 16 * 1.03
     assert m["psnr"] > 25  # a fitted SIREN, not noise
     assert (out / "csv").is_dir()
 

@@ -53,3 +53,51 @@ def test_normalisation_round_trip():
     norm, ranges = normalise_blocks(blocks)
     assert norm.min() >= -1 and norm.max() <= 1
     np.testing.assert_allclose(denormalise(norm.reshape(2, -1), ranges).reshape(blocks.shape), blocks, atol=1e-3)
+
+
+def test_image_frame_coordinates_are_one_grid_over_the_padded_image():
+    from medcomp.nn.siren import block_coordinates
+
+    layout = plan_blocks((5, 7), (3, 4))  # padded to 6 × 8: edge blocks are padded
+    local, corners = block_coordinates(layout, "image")
+    whole = grid_coordinates(layout.padded).reshape(layout.padded + (2,))
+    per_block = (corners[:, None, :] + local[None]).reshape((layout.n_blocks,) + layout.block + (2,))
+    np.testing.assert_allclose(per_block.numpy(), split_blocks(whole.numpy(), plan_blocks(whole.shape, layout.block + (2,))
+                                                               ).reshape(per_block.shape), atol=1e-6)
+    local, corners = block_coordinates(layout, "block")
+    assert torch.equal(local, grid_coordinates(layout.block)) and not corners.any()
+
+
+def test_fill_budget_takes_the_most_levels_that_fit():
+    from medcomp.codecs.container import Container
+    from medcomp.codecs.quantize import fill_budget, pack_symbols, quantize, top_for_bits
+
+    weights = [np.random.default_rng(0).normal(0, 0.1, (40, 30)).astype(np.float32)]
+
+    def build(top):
+        return Container("siren", {}, {"w": pack_symbols(quantize(weights, top)[0])})
+
+    sizes = {b: len(build(top_for_bits(b)).to_bytes()) for b in (8, 16)}
+    budget = (sizes[8] + sizes[16]) / 2
+    best = fill_budget(build, budget, top_for_bits(8), top_for_bits(16))
+    assert 0.97 * budget <= len(best.to_bytes()) <= budget
+    assert len(fill_budget(build, sizes[8] - 1, top_for_bits(8), top_for_bits(16)).to_bytes()) == sizes[8]  # floor
+
+
+def test_quantized_siren_file_round_trips_its_weights():
+    from medcomp.codecs.quantize import pack_symbols, quantize
+    from medcomp.data.image import Image
+    from medcomp.models.siren import decode_siren, layer_shapes, siren_container
+
+    image = Image(np.linspace(-500, 900, 12 * 10, dtype=np.float32).astype(np.int16).reshape(12, 10), None, name="t")
+    layout = plan_blocks(image.array.shape, (6, 5))
+    net = BatchedSiren(layout.n_blocks, 2, 7, 3)
+    params = [t.detach().numpy() for pair in zip(net.weights, net.biases) for t in pair]
+    assert [p.shape for p in params] == layer_shapes(layout.n_blocks, 7, 3, 2)
+    ints, scales = quantize(params, 2047)
+    ranges = np.tile(np.array([[-500.0, 900.0]], np.float32), (layout.n_blocks, 1))
+    c = siren_container(image, layout, ranges, 7, 3, 30.0, "quantized", pack_symbols(ints), scales.astype("<f4").tobytes())
+    coords = grid_coordinates(layout.block).expand(layout.n_blocks, -1, -1)
+    expected = denormalise(net(coords).squeeze(-1).detach().numpy(), ranges)
+    decoded = split_blocks(decode_siren(c).astype(np.float32), layout).reshape(layout.n_blocks, -1)
+    assert np.abs(decoded - expected).max() <= 0.5 + 1400 * 2e-3  # rounding to int16 + 11-bit weights

@@ -99,15 +99,15 @@ def test_rans_beats_fixed_width_on_peaked_data():
     assert packed[0] == 1 and len(packed) < 0.8 * (s.size * int(s.max() - s.min()).bit_length() / 8)
 
 
-def _container(bits=10, width=6, depth=3, code_dim=3):
+def _container(top=511, width=6, depth=3, code_dim=3, coordinates="image"):
     rng = np.random.default_rng(0)
     image = Image(smooth_volume((20, 24)), None, name="t")
     layout = plan_blocks(image.array.shape, (10, 12))
     params = [rng.normal(0, 0.3, s).astype(np.float32) for s in siren_shapes(width, depth, 2 + code_dim)]
     codebook = rng.normal(0, 1, (8, code_dim)).astype(np.float32)
     idx = np.array([3, 3, 5, 1])
-    return image, unicompress_container(image, layout, (-1000.0, 1500.0), width, depth, 30.0, code_dim, bits, 8,
-                                        params, codebook, idx)
+    return image, unicompress_container(image, layout, (-1000.0, 1500.0), width, depth, 30.0, code_dim, top, 8,
+                                        params, codebook, idx, coordinates=coordinates)
 
 
 def test_bitstream_round_trip_is_bit_exact_in_another_process(tmp_path):
@@ -121,6 +121,22 @@ def test_bitstream_round_trip_is_bit_exact_in_another_process(tmp_path):
             f"np.save(sys.argv[1], decode_unicompress(read_container('{tmp_path / 'u.mcz'}')))")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "o.npy")], check=True, cwd=ROOT)
     np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), here)
+
+
+def test_unknown_coordinate_frame_is_a_corrupt_file():
+    from medcomp.errors import CorruptFileError
+
+    _, c = _container()
+    c.header["coordinates"] = "polar"
+    with pytest.raises(CorruptFileError, match="coordinate frame"):
+        decode_unicompress(c)
+
+
+def test_block_and_image_frames_decode_differently():
+    """The header's frame is what the decoder uses: the same weights give another image in the other frame."""
+    _, img_frame = _container(coordinates="image")
+    _, blk_frame = _container(coordinates="block")
+    assert not np.array_equal(decode_unicompress(img_frame), decode_unicompress(blk_frame))
 
 
 def test_only_used_codewords_are_stored():
@@ -152,7 +168,10 @@ def test_width_solver_fills_budget_without_exceeding(teacher_run):
     """Via a real (3-step) fit: the written file never exceeds the budget and is not far under it."""
     m = json.loads(next(teacher_run["logs"].rglob("metrics.json")).read_text())["summary"]["unicompress"]
     mcz = next(teacher_run["logs"].rglob("*.unicompress.mcz"))
-    assert 24 <= m["ratio_actual"] <= 24 * 1.15
+    # The weight levels fill what the width leaves when the weights are entropy-coded (within 3 % on every benchmark
+    # input). This toy has 2.2 k weights: rANS's frequency table costs more than it saves, bit-packing goes from 8 to
+    # 9 bits a weight in one step, and the solver reserves room for codewords a 3-step fit does not use.
+    assert 24 <= m["ratio_actual"] <= 24 * 1.1
     assert m["ratio_actual"] == pytest.approx(np.load(teacher_run["volume"]).nbytes / mcz.stat().st_size)
 
 

@@ -10,9 +10,14 @@ from medcomp.codecs.entropy import MAX_ALPHABET, decode_symbols, encode_symbols,
 from medcomp.errors import CorruptFileError
 
 
-def quantize(tensors: list[np.ndarray], bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-tensor scale: ints in [−(2^(bits−1)−1), 2^(bits−1)−1]. Returns (all ints, float32 scales)."""
-    top = 2 ** (bits - 1) - 1
+def top_for_bits(bits: int) -> int:
+    """Largest magnitude of a symmetric ``bits``-bit integer: 2^(bits−1) − 1."""
+    return 2 ** (bits - 1) - 1
+
+
+def quantize(tensors: list[np.ndarray], top: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-tensor scale: ints in [−top, top] (any integer top, not only 2^(bits−1)−1, so that a file can be
+    filled to its byte target). Returns (all ints, float32 scales)."""
     scales = np.array([max(float(np.abs(t).max()), 1e-12) / top for t in tensors], dtype=np.float32)
     ints = [np.clip(np.rint(t.astype(np.float64) / s), -top, top).astype(np.int64).ravel()
             for t, s in zip(tensors, scales)]
@@ -73,3 +78,20 @@ def _bitunpack(data: bytes) -> np.ndarray:
         raise CorruptFileError("corrupt .mcz: packed section size does not match its header")
     flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8, offset=9))[: n * bits].reshape(n, bits).astype(np.int64)
     return (flat << np.arange(bits, dtype=np.int64)).sum(axis=1) + lo
+
+
+def fill_budget(build, budget: float, lo: int, hi: int):
+    """``build(top)`` for the largest integer ``top`` in [lo, hi] whose file fits ``budget`` bytes, by bisection (the
+    entropy-coded size grows with the number of levels). Width steps alone leave up to ~15 % of a budget unused; the
+    quantiser's levels are the fine knob that fills it. Returns ``build(lo)`` when even that does not fit."""
+    best = build(lo)
+    if len(best.to_bytes()) > budget:
+        return best
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        c = build(mid)
+        if len(c.to_bytes()) <= budget:
+            lo, best = mid, c
+        else:
+            hi = mid - 1
+    return best

@@ -44,12 +44,16 @@ class VideoCodec(Codec):
     encoder, decoder, pix_fmt, bits = "", "", "", 8
     crf_lo, crf_hi = 0.0, 51.0
 
+    def __init__(self, preset: str = "medium"):
+        """``preset``: the x264/x265 speed/quality preset (medium for everyday use; benchmarks compare at veryslow)."""
+        self.preset = preset
+
     @staticmethod
     def is_sei(nal_header: int) -> bool:
         raise NotImplementedError
 
     def _options(self, crf: float) -> dict:
-        return {"crf": f"{crf:.3f}", "preset": "medium"}
+        return {"crf": f"{crf:.3f}", "preset": self.preset}
 
     def _encode_frames(self, frames: np.ndarray, crf: float) -> bytes:
         import av

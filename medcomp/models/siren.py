@@ -10,6 +10,7 @@ import torch
 
 from medcomp.codecs.base import Target, image_header, register_learned
 from medcomp.codecs.container import Container
+from medcomp.codecs.quantize import dequantize, fill_budget, pack_symbols, quantize, top_for_bits, unpack_symbols
 from medcomp.data.blocks import BlockLayout, assemble_blocks
 from medcomp.data.datamodule import denormalise
 from medcomp.data.image import Image
@@ -17,24 +18,38 @@ from medcomp.errors import MedcompError
 from medcomp.models.built_in_setup import BuiltInSetup
 from medcomp.nn.siren import BatchedSiren, grid_coordinates, siren_param_count, width_for_budget
 
-WEIGHT_DTYPES = {"float16": np.float16, "float32": np.float32}
+# Raw floats, or "quantized": per-layer symmetric integers (one scale per weight/bias tensor of all blocks),
+# entropy-coded, with as many levels as fill the byte target (the same quantiser as UniCompress's file).
+WEIGHT_DTYPES = {"float16": np.float16, "float32": np.float32, "quantized": None}
+QUANTIZED_BITS = (8, 16)  # the width is solved for 8-bit weights; the levels then fill the budget up to 16 bits
+
+
+def layer_shapes(n: int, width: int, depth: int, in_dim: int) -> list[tuple[int, ...]]:
+    dims = [in_dim] + [width] * (depth - 1) + [1]
+    return [s for a, b in zip(dims[:-1], dims[1:]) for s in ((n, a, b), (n, 1, b))]
 
 
 def siren_container(image: Image, layout: BlockLayout, ranges: np.ndarray, width: int, depth: int, w0: float,
-                    weight_dtype: str, weights: bytes | None = None) -> Container:
+                    weight_dtype: str, weights: bytes | None = None, scales: bytes = b"") -> Container:
     n_params = siren_param_count(width, depth, len(layout.block))
     header = {**image_header(image), "layout": layout.to_dict(), "width": width, "depth": depth, "w0": w0,
               "weight_dtype": weight_dtype}
+    quantized = weight_dtype == "quantized"
     if weights is None:  # a placeholder of the right size, to measure the file before fitting
-        weights = bytes(layout.n_blocks * n_params * np.dtype(WEIGHT_DTYPES[weight_dtype]).itemsize)
-    return Container("siren", header, {"ranges": ranges.astype("<f4").tobytes(), "weights": weights})
+        itemsize = QUANTIZED_BITS[0] / 8 if quantized else np.dtype(WEIGHT_DTYPES[weight_dtype]).itemsize
+        weights = bytes(10 + int(np.ceil(layout.n_blocks * n_params * itemsize)))
+        scales = bytes(4 * 2 * depth) if quantized else b""
+    sections = {"ranges": ranges.astype("<f4").tobytes(), "weights": weights}
+    if quantized:
+        sections["ws"] = scales
+    return Container("siren", header, sections)
 
 
 def solve_width(image: Image, layout: BlockLayout, ranges: np.ndarray, target: Target, depth: int, w0: float,
                 weight_dtype: str) -> int:
     """Widest SIREN whose whole ``.mcz`` (header, ranges, weights) fits the target bytes."""
     budget = target.target_bytes(image)
-    itemsize = np.dtype(WEIGHT_DTYPES[weight_dtype]).itemsize
+    itemsize = QUANTIZED_BITS[0] / 8 if weight_dtype == "quantized" else np.dtype(WEIGHT_DTYPES[weight_dtype]).itemsize
     fixed = len(siren_container(image, layout, ranges, 1, depth, w0, weight_dtype, b"").to_bytes())
     width = width_for_budget((budget - fixed) / layout.n_blocks / itemsize, depth, len(layout.block))
     while width >= 1 and len(siren_container(image, layout, ranges, width, depth, w0, weight_dtype).to_bytes()) > budget:
@@ -89,13 +104,23 @@ class SirenCodec(BuiltInSetup, L.LightningModule):
         return loss
 
     def export(self) -> list[Container]:
-        """One container per image, weights rounded to ``weight_dtype``."""
+        """One container per image: weights rounded to ``weight_dtype``, or quantised with the most levels that fit."""
         dm = self.data
+        hp = self.hparams
         out = []
         for net, width, image, layout, ranges in zip(self.nets, self.widths, dm.images, dm.layouts, dm.block_ranges):
-            flat = net.flat_parameters().detach().cpu().numpy().astype(WEIGHT_DTYPES[self.hparams.weight_dtype])
-            out.append(siren_container(image, layout, ranges, width, self.hparams.depth, self.hparams.w0,
-                                       self.hparams.weight_dtype, flat.astype(flat.dtype.newbyteorder("<")).tobytes()))
+            def build(top, net=net, width=width, image=image, layout=layout, ranges=ranges):
+                ints, scales = quantize([t.detach().cpu().numpy() for pair in zip(net.weights, net.biases) for t in pair],
+                                        top)
+                return siren_container(image, layout, ranges, width, hp.depth, hp.w0, hp.weight_dtype,
+                                       pack_symbols(ints), scales.astype("<f4").tobytes())
+
+            if hp.weight_dtype == "quantized":
+                out.append(fill_budget(build, self.target.target_bytes(image), *map(top_for_bits, QUANTIZED_BITS)))
+                continue
+            flat = net.flat_parameters().detach().cpu().numpy().astype(WEIGHT_DTYPES[hp.weight_dtype])
+            out.append(siren_container(image, layout, ranges, width, hp.depth, hp.w0, hp.weight_dtype,
+                                       flat.astype(flat.dtype.newbyteorder("<")).tobytes()))
         return out
 
 
@@ -105,15 +130,20 @@ def decode_siren(container: Container, chunk_points: int = 1 << 20) -> np.ndarra
     one group's activations, whatever the image's size."""
     h = container.header
     layout = BlockLayout.from_dict(h["layout"])
-    dtype = np.dtype(WEIGHT_DTYPES[h["weight_dtype"]]).newbyteorder("<")
     n, d = layout.n_blocks, len(layout.block)
     per_net = siren_param_count(h["width"], h["depth"], d)
-    raw = np.frombuffer(container.sections["weights"], dtype=dtype)
     ranges = np.frombuffer(container.sections["ranges"], dtype="<f4")
-    if raw.size != n * per_net or ranges.size != 2 * n:
-        raise MedcompError("corrupt .mcz: SIREN weights do not match the header")
     net = BatchedSiren(n, d, h["width"], h["depth"], 1, h["w0"])
-    net.load_flat_parameters(torch.from_numpy(raw.astype(np.float32).reshape(n, per_net)))
+    if h["weight_dtype"] == "quantized":
+        params = dequantize(unpack_symbols(container.sections["weights"]),
+                            np.frombuffer(container.sections["ws"], "<f4"), layer_shapes(n, h["width"], h["depth"], d))
+        flat = np.concatenate([p.reshape(n, -1) for p in params], axis=1)
+    else:
+        flat = np.frombuffer(container.sections["weights"], dtype=np.dtype(WEIGHT_DTYPES[h["weight_dtype"]]).newbyteorder("<"))
+        flat = flat.astype(np.float32).reshape(-1, per_net) if flat.size == n * per_net else flat
+    if flat.size != n * per_net or ranges.size != 2 * n:
+        raise MedcompError("corrupt .mcz: SIREN weights do not match the header")
+    net.load_flat_parameters(torch.from_numpy(flat.reshape(n, per_net)))
     coords = grid_coordinates(layout.block)
     ranges = ranges.reshape(n, 2)
     per = max(1, chunk_points // coords.shape[0])

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from medcomp.codecs.base import Target, image_header, register_learned
 from medcomp.codecs.container import Container
-from medcomp.codecs.quantize import dequantize, pack_symbols, quantize, unpack_symbols
+from medcomp.codecs.quantize import dequantize, fill_budget, pack_symbols, quantize, top_for_bits, unpack_symbols
 from medcomp.data.blocks import BlockLayout, assemble_blocks
 from medcomp.data.datamodule import denormalise
 from medcomp.data.image import Image
@@ -26,7 +26,7 @@ from medcomp.errors import CorruptFileError, MedcompError
 from medcomp.models.built_in_setup import BuiltInSetup
 from medcomp.nn.fusion import AttentionFusion
 from medcomp.nn.pretrained import load_extractor
-from medcomp.nn.siren import BatchedSiren, grid_coordinates, width_for_budget
+from medcomp.nn.siren import BatchedSiren, block_coordinates, width_for_budget
 from medcomp.nn.vq import VectorQuantizer
 from medcomp.nn.wavelet import haar_dwt, pad_even
 
@@ -59,15 +59,16 @@ def siren_shapes(width: int, depth: int, in_dim: int) -> list[tuple[int, ...]]:
 
 
 def unicompress_container(image: Image, layout: BlockLayout, value_range, width: int, depth: int, w0: float,
-                          code_dim: int, weight_bits: int, codebook_bits: int, siren_params: list[np.ndarray],
-                          codebook: np.ndarray, indices: np.ndarray, codec: str = "unicompress") -> Container:
+                          code_dim: int, weight_top: int, codebook_bits: int, siren_params: list[np.ndarray],
+                          codebook: np.ndarray, indices: np.ndarray, codec: str = "unicompress",
+                          coordinates: str = "block") -> Container:
     """Quantise and pack everything the decoder needs. Only the codewords some block uses are stored."""
     used, remapped = np.unique(indices, return_inverse=True)
-    w_ints, w_scales = quantize(siren_params, weight_bits)
-    c_ints, c_scales = quantize([codebook[used]], codebook_bits)
+    w_ints, w_scales = quantize(siren_params, weight_top)
+    c_ints, c_scales = quantize([codebook[used]], top_for_bits(codebook_bits))
     header = {**image_header(image), "layout": layout.to_dict(), "range": [float(v) for v in value_range],
               "width": width, "depth": depth, "w0": w0, "code_dim": code_dim, "n_codes": int(used.size),
-              "weight_bits": weight_bits, "codebook_bits": codebook_bits}
+              "weight_levels": 2 * weight_top + 1, "codebook_bits": codebook_bits, "coordinates": coordinates}
     sections = {"w": pack_symbols(w_ints), "ws": w_scales.astype("<f4").tobytes(), "cb": pack_symbols(c_ints),
                 "cs": c_scales.astype("<f4").tobytes(), "idx": pack_symbols(remapped)}
     return Container(codec, header, sections)
@@ -87,11 +88,14 @@ def decode_unicompress(container: Container, chunk_points: int = 1 << 18) -> np.
     if idx.size != n or (idx.size and (idx.min() < 0 or idx.max() >= h["n_codes"])):
         raise CorruptFileError("corrupt .mcz: block indices do not match the header")
     net = BatchedSiren(1, in_dim, h["width"], h["depth"], 1, h["w0"])
+    frame = h.get("coordinates", "block")  # files written before the option used the block frame
+    if frame not in ("block", "image"):
+        raise CorruptFileError(f"corrupt .mcz: unknown coordinate frame {frame!r}")
+    coords, corners = block_coordinates(layout, frame)
     with torch.no_grad():
         for p, v in zip([q for pair in zip(net.weights, net.biases) for q in pair], params):
             p.copy_(torch.from_numpy(v))
     codes = torch.from_numpy(codebook)[torch.from_numpy(idx)]
-    coords = grid_coordinates(layout.block)
     v = coords.shape[0]
     per = max(1, chunk_points // v)
     value_range = np.asarray(h["range"], dtype=np.float32)[None]
@@ -99,7 +103,7 @@ def decode_unicompress(container: Container, chunk_points: int = 1 << 18) -> np.
     def chunks():  # a group of blocks at a time: memory is the output plus one group's activations
         for i in range(0, n, per):
             c = codes[i : i + per]
-            inp = torch.cat([coords.expand(c.shape[0], -1, -1), c[:, None, :].expand(-1, v, -1)], dim=-1)
+            inp = torch.cat([corners[i : i + per, None, :] + coords, c[:, None, :].expand(-1, v, -1)], dim=-1)
             values = net(inp.reshape(1, -1, in_dim)).reshape(c.shape[0], v).numpy()
             yield i, denormalise(values, np.repeat(value_range, c.shape[0], axis=0))
 
@@ -114,7 +118,7 @@ class UniCompress(BuiltInSetup, L.LightningModule):
     def __init__(self, depth: int = 4, w0: float = 30.0, lr: float = 5e-3, fusion_lr: float = 1e-4, code_dim: int = 8,
                  codebook_size: int = 256, max_codebook_fraction: float = 0.35, weight_bits_min: int = 8,
                  weight_bits_max: int = 16, codebook_bits: int = 8, freeze_codes_at: float = 0.75,
-                 lr_reference_width: int = 20,
+                 lr_reference_width: int = 20, coordinates: str = "image",
                  d_model: int = 64, heads: int = 4,
                  beta: float = 0.25, parts: list[str] = PARTS, extractor_ckpt: str | None = "auto",
                  fit_steps: int = 1500, target: Target | None = None):
@@ -151,7 +155,8 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         hp = self.hparams
         budget = self.target.target_bytes(image)
         in_dim = len(layout.block) + hp.code_dim
-        probe = unicompress_container(image, layout, (0.0, 1.0), 99, hp.depth, hp.w0, hp.code_dim, 16, hp.codebook_bits,
+        probe = unicompress_container(image, layout, (0.0, 1.0), 99, hp.depth, hp.w0, hp.code_dim, top_for_bits(16),
+                                      hp.codebook_bits,
                                       [np.zeros(s, np.float32) for s in siren_shapes(2, hp.depth, in_dim)],
                                       np.zeros((k, hp.code_dim), np.float32), np.arange(layout.n_blocks) % k)
         fixed = len(probe.to_bytes()) + math.ceil(k * hp.code_dim * hp.codebook_bits / 8)
@@ -177,7 +182,9 @@ class UniCompress(BuiltInSetup, L.LightningModule):
             self.widths.append(width)
             self.sirens.append(BatchedSiren(1, len(layout.block) + hp.code_dim, width, hp.depth, 1, hp.w0))
             self.quantizers.append(VectorQuantizer(k, hp.code_dim, hp.beta))
-            self.register_buffer(f"coords_{i}", grid_coordinates(layout.block), persistent=False)
+            local, corners = block_coordinates(layout, hp.coordinates)
+            self.register_buffer(f"coords_{i}", local, persistent=False)
+            self.register_buffer(f"corners_{i}", corners, persistent=False)
             tokens = extract_tokens(extractor, blocks.reshape((-1, 1) + layout.block), self.parts)
             # Standardise each feature across the image's blocks: what conditions the INR is how blocks differ,
             # and a frozen extractor's raw features can vary by less than 1 % of their mean.
@@ -201,10 +208,14 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         z = self.fusion(list(getattr(self, f"tokens_{i}").unbind(0)))
         return z, *self.quantizers[i](z)
 
-    def predict_points(self, i: int, q: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        coords = getattr(self, f"coords_{i}")[idx]  # (N, P, d)
+    def point_inputs(self, i: int, q: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """SIREN input of the sampled points ``idx`` (N, P) of image i's blocks: coordinates ⊕ the block's code."""
+        coords = getattr(self, f"corners_{i}")[:, None, :] + getattr(self, f"coords_{i}")[idx]  # (N, P, d)
         inp = torch.cat([coords, q[:, None, :].expand(-1, idx.shape[1], -1)], dim=-1)
-        return self.sirens[i](inp.reshape(1, -1, inp.shape[-1])).reshape(idx.shape)
+        return inp.reshape(1, -1, inp.shape[-1])
+
+    def predict_points(self, i: int, q: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return self.sirens[i](self.point_inputs(i, q, idx)).reshape(idx.shape)
 
     def training_step(self, batch, batch_idx):
         recon, commit = 0.0, 0.0
@@ -251,17 +262,18 @@ class UniCompress(BuiltInSetup, L.LightningModule):
     # --- writing the file ------------------------------------------------------------------------------------
 
     def container_within_budget(self, image, layout, value_range, width, siren, codebook, idx) -> Container:
-        """The file at the largest weight bit depth in [weight_bits_min, weight_bits_max] that meets the target."""
+        """The file with the most weight levels, between weight_bits_min and weight_bits_max bits, that meets the
+        target: the width is solved for weight_bits_min without entropy coding, and the levels fill what is left."""
         hp = self.hparams
         params = [t.detach().cpu().numpy() for pair in zip(siren.weights, siren.biases) for t in pair]
         codebook, idx = codebook.detach().cpu().numpy(), idx.detach().cpu().numpy()
-        budget = self.target.target_bytes(image)
-        for bits in range(hp.weight_bits_max, hp.weight_bits_min - 1, -1):
-            c = unicompress_container(image, layout, value_range, width, hp.depth, hp.w0, hp.code_dim, bits,
-                                      hp.codebook_bits, params, codebook, idx, self.codec_name)
-            if len(c.to_bytes()) <= budget:
-                break
-        return c
+
+        def build(top):
+            return unicompress_container(image, layout, value_range, width, hp.depth, hp.w0, hp.code_dim, top,
+                                         hp.codebook_bits, params, codebook, idx, self.codec_name, hp.coordinates)
+
+        return fill_budget(build, self.target.target_bytes(image), top_for_bits(hp.weight_bits_min),
+                           top_for_bits(hp.weight_bits_max))
 
     @torch.no_grad()
     def export(self) -> list[Container]:

@@ -55,7 +55,7 @@ class UniCompressStudent(UniCompress):
             if skipped:
                 log.info("teacher checkpoint: %d of %d tensors loaded; re-fitted here: %s", len(usable), len(own),
                          ", ".join(skipped[:6]) + (" ..." if len(skipped) > 6 else ""))
-        for key in ("depth", "w0", "code_dim", "codebook_bits"):  # the student's file follows the teacher's format
+        for key in ("depth", "w0", "code_dim", "codebook_bits", "coordinates"):  # the student's file follows the teacher's format
             self.hparams[key] = self.teacher.hparams[key]
         dm = self.data
         extractor = self._build_extractor(dm.images[0].ndim)
@@ -74,7 +74,8 @@ class UniCompressStudent(UniCompress):
             self.student_widths.append(width)
             self.student_sirens.append(BatchedSiren(1, in_dim, width, depth, 1, self.teacher.hparams.w0))
             self.register_buffer(f"blocks_{i}", blocks.reshape((-1, 1) + layout.block), persistent=False)
-            self.register_buffer(f"coords_{i}", getattr(self.teacher, f"coords_{i}"), persistent=False)
+            for name in (f"coords_{i}", f"corners_{i}"):
+                self.register_buffer(name, getattr(self.teacher, name), persistent=False)
         log.info("student INR parameters %d = %.3f x teacher %d", self.inr_parameters(),
                  self.inr_parameters() / self.teacher.inr_parameters(), self.teacher.inr_parameters())
 
@@ -114,9 +115,7 @@ class UniCompressStudent(UniCompress):
             pred_t = self.teacher.predict_points(i, qt, idx)
             terms["teacher"] = terms["teacher"] + F.mse_loss(pred_t, values) + commit
             zs, qs, _ = self.student_codes(i)
-            coords = getattr(self, f"coords_{i}")[idx]
-            inp = torch.cat([coords, qs[:, None, :].expand(-1, idx.shape[1], -1)], dim=-1)
-            pred_s = self.student_sirens[i](inp.reshape(1, -1, inp.shape[-1])).reshape(idx.shape)
+            pred_s = self.student_sirens[i](self.point_inputs(i, qs, idx)).reshape(idx.shape)
             terms["gt"] = terms["gt"] + F.mse_loss(pred_s, values)
             if hp.distill:
                 terms["out_teacher"] = terms["out_teacher"] + hard_alignment(pred_s, pred_t)

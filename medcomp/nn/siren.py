@@ -81,3 +81,23 @@ def grid_coordinates(block: tuple[int, ...]) -> torch.Tensor:
     """Coordinates of every voxel of a block in [−1, 1]^d, row-major: (prod(block), d)."""
     axes = [torch.linspace(-1.0, 1.0, n) if n > 1 else torch.zeros(1) for n in block]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(block))
+
+
+def block_coordinates(layout, frame: str = "block") -> tuple[torch.Tensor, torch.Tensor]:
+    """Coordinates of a block layout's voxels as ``corners[n] + local[v]``: (local (V, d), corners (N, d)).
+
+    ``frame="block"``: every block spans [−1, 1]^d (corners are zero) — the per-block INR convention.
+    ``frame="image"``: one frame for the whole (padded) image, so a network shared by all blocks sees where a block
+    lies and is continuous across block borders (no seams from the coordinates; only the block's code changes).
+    """
+    if frame == "block":
+        return grid_coordinates(layout.block), torch.zeros(layout.n_blocks, len(layout.block))
+    if frame != "image":
+        raise ValueError(f"coordinate frame must be 'block' or 'image', got {frame!r}")
+    step = torch.tensor([2.0 / (p - 1) if p > 1 else 0.0 for p in layout.padded])
+    axes = [torch.arange(b, dtype=torch.float32) for b in layout.block]
+    local = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(layout.block)) * step
+    corners = torch.stack(torch.meshgrid(*[torch.arange(g, dtype=torch.float32) for g in layout.grid], indexing="ij"),
+                          dim=-1).reshape(-1, len(layout.block))
+    corners = corners * torch.tensor(layout.block, dtype=torch.float32) * step - (step > 0).float()
+    return local, corners
