@@ -35,7 +35,8 @@ test-full: install tools
 
 bench: install
 	$(BIN)/python experiments/classical_rd.py
-	$(BIN)/python experiments/unicompress_rd.py --steps 600
+	OMP_NUM_THREADS=1 $(BIN)/python experiments/unicompress_rd.py --inputs abdomen_ct isbi_em --budget-s 30 --name unicompress_rd
+	OMP_NUM_THREADS=1 $(BIN)/python experiments/unicompress_rd.py --inputs thorax_cta_b thorax_cta_a --budget-s 30 --name unicompress_rd_cta
 	$(BIN)/python experiments/codecs2d_rd.py
 	$(BIN)/python experiments/analysis_auroc.py
 	$(BIN)/python experiments/scale.py --learned siren:75,150,300 unicompress:75@256 --fit-steps 20
