@@ -87,13 +87,14 @@ def test_fill_budget_takes_the_most_levels_that_fit():
 def test_quantized_siren_file_round_trips_its_weights():
     from medcomp.codecs.quantize import pack_symbols, quantize
     from medcomp.data.image import Image
-    from medcomp.models.siren import decode_siren, layer_shapes, siren_container
+    from medcomp.models.siren import decode_siren, siren_container
+    from medcomp.nn.siren import siren_shapes
 
     image = Image(np.linspace(-500, 900, 12 * 10, dtype=np.float32).astype(np.int16).reshape(12, 10), None, name="t")
     layout = plan_blocks(image.array.shape, (6, 5))
     net = BatchedSiren(layout.n_blocks, 2, 7, 3)
     params = [t.detach().numpy() for pair in zip(net.weights, net.biases) for t in pair]
-    assert [p.shape for p in params] == layer_shapes(layout.n_blocks, 7, 3, 2)
+    assert [p.shape for p in params] == siren_shapes(7, 3, 2, n_nets=layout.n_blocks)
     ints, scales = quantize(params, 2047)
     ranges = np.tile(np.array([[-500.0, 900.0]], np.float32), (layout.n_blocks, 1))
     c = siren_container(image, layout, ranges, 7, 3, 30.0, "quantized", pack_symbols(ints), scales.astype("<f4").tobytes())

@@ -16,7 +16,7 @@ from medcomp.data.datamodule import denormalise
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
 from medcomp.models.built_in_setup import BuiltInSetup
-from medcomp.nn.siren import BatchedSiren, grid_coordinates, siren_param_count, width_for_budget
+from medcomp.nn.siren import BatchedSiren, grid_coordinates, siren_param_count, siren_shapes, width_for_budget
 
 # Raw floats, or "quantized": per-layer symmetric integers (one scale per weight/bias tensor of all blocks),
 # entropy-coded, with as many levels as fill the byte target (the same quantiser as UniCompress's file).
@@ -24,9 +24,12 @@ WEIGHT_DTYPES = {"float16": np.float16, "float32": np.float32, "quantized": None
 QUANTIZED_BITS = (8, 16)  # the width is solved for 8-bit weights; the levels then fill the budget up to 16 bits
 
 
-def layer_shapes(n: int, width: int, depth: int, in_dim: int) -> list[tuple[int, ...]]:
-    dims = [in_dim] + [width] * (depth - 1) + [1]
-    return [s for a, b in zip(dims[:-1], dims[1:]) for s in ((n, a, b), (n, 1, b))]
+PACKED_HEADER = 10  # pack_symbols' tag byte + fixed-width packing's header: the placeholder's worst case
+
+
+def bytes_per_weight(weight_dtype: str) -> float:
+    """What one weight costs before fitting: its float size, or 8 bits when quantised (no entropy-coding gain)."""
+    return QUANTIZED_BITS[0] / 8 if weight_dtype == "quantized" else np.dtype(WEIGHT_DTYPES[weight_dtype]).itemsize
 
 
 def siren_container(image: Image, layout: BlockLayout, ranges: np.ndarray, width: int, depth: int, w0: float,
@@ -36,8 +39,7 @@ def siren_container(image: Image, layout: BlockLayout, ranges: np.ndarray, width
               "weight_dtype": weight_dtype}
     quantized = weight_dtype == "quantized"
     if weights is None:  # a placeholder of the right size, to measure the file before fitting
-        itemsize = QUANTIZED_BITS[0] / 8 if quantized else np.dtype(WEIGHT_DTYPES[weight_dtype]).itemsize
-        weights = bytes(10 + int(np.ceil(layout.n_blocks * n_params * itemsize)))
+        weights = bytes(PACKED_HEADER + int(np.ceil(layout.n_blocks * n_params * bytes_per_weight(weight_dtype))))
         scales = bytes(4 * 2 * depth) if quantized else b""
     sections = {"ranges": ranges.astype("<f4").tobytes(), "weights": weights}
     if quantized:
@@ -49,7 +51,7 @@ def solve_width(image: Image, layout: BlockLayout, ranges: np.ndarray, target: T
                 weight_dtype: str) -> int:
     """Widest SIREN whose whole ``.mcz`` (header, ranges, weights) fits the target bytes."""
     budget = target.target_bytes(image)
-    itemsize = QUANTIZED_BITS[0] / 8 if weight_dtype == "quantized" else np.dtype(WEIGHT_DTYPES[weight_dtype]).itemsize
+    itemsize = bytes_per_weight(weight_dtype)
     fixed = len(siren_container(image, layout, ranges, 1, depth, w0, weight_dtype, b"").to_bytes())
     width = width_for_budget((budget - fixed) / layout.n_blocks / itemsize, depth, len(layout.block))
     while width >= 1 and len(siren_container(image, layout, ranges, width, depth, w0, weight_dtype).to_bytes()) > budget:
@@ -109,18 +111,19 @@ class SirenCodec(BuiltInSetup, L.LightningModule):
         hp = self.hparams
         out = []
         for net, width, image, layout, ranges in zip(self.nets, self.widths, dm.images, dm.layouts, dm.block_ranges):
-            def build(top, net=net, width=width, image=image, layout=layout, ranges=ranges):
-                ints, scales = quantize([t.detach().cpu().numpy() for pair in zip(net.weights, net.biases) for t in pair],
-                                        top)
+            if hp.weight_dtype != "quantized":
+                flat = net.flat_parameters().detach().cpu().numpy().astype(WEIGHT_DTYPES[hp.weight_dtype])
+                out.append(siren_container(image, layout, ranges, width, hp.depth, hp.w0, hp.weight_dtype,
+                                           flat.astype(flat.dtype.newbyteorder("<")).tobytes()))
+                continue
+            params = [t.detach().cpu().numpy() for pair in zip(net.weights, net.biases) for t in pair]
+
+            def build(top, params=params, width=width, image=image, layout=layout, ranges=ranges):
+                ints, scales = quantize(params, top)
                 return siren_container(image, layout, ranges, width, hp.depth, hp.w0, hp.weight_dtype,
                                        pack_symbols(ints), scales.astype("<f4").tobytes())
 
-            if hp.weight_dtype == "quantized":
-                out.append(fill_budget(build, self.target.target_bytes(image), *map(top_for_bits, QUANTIZED_BITS)))
-                continue
-            flat = net.flat_parameters().detach().cpu().numpy().astype(WEIGHT_DTYPES[hp.weight_dtype])
-            out.append(siren_container(image, layout, ranges, width, hp.depth, hp.w0, hp.weight_dtype,
-                                       flat.astype(flat.dtype.newbyteorder("<")).tobytes()))
+            out.append(fill_budget(build, self.target.target_bytes(image), *map(top_for_bits, QUANTIZED_BITS)))
         return out
 
 
@@ -135,12 +138,12 @@ def decode_siren(container: Container, chunk_points: int = 1 << 20) -> np.ndarra
     ranges = np.frombuffer(container.sections["ranges"], dtype="<f4")
     net = BatchedSiren(n, d, h["width"], h["depth"], 1, h["w0"])
     if h["weight_dtype"] == "quantized":
-        params = dequantize(unpack_symbols(container.sections["weights"]),
-                            np.frombuffer(container.sections["ws"], "<f4"), layer_shapes(n, h["width"], h["depth"], d))
+        params = dequantize(unpack_symbols(container.sections["weights"]), np.frombuffer(container.sections["ws"], "<f4"),
+                            siren_shapes(h["width"], h["depth"], d, n_nets=n))
         flat = np.concatenate([p.reshape(n, -1) for p in params], axis=1)
     else:
-        flat = np.frombuffer(container.sections["weights"], dtype=np.dtype(WEIGHT_DTYPES[h["weight_dtype"]]).newbyteorder("<"))
-        flat = flat.astype(np.float32).reshape(-1, per_net) if flat.size == n * per_net else flat
+        dtype = np.dtype(WEIGHT_DTYPES[h["weight_dtype"]]).newbyteorder("<")
+        flat = np.frombuffer(container.sections["weights"], dtype=dtype).astype(np.float32)
     if flat.size != n * per_net or ranges.size != 2 * n:
         raise MedcompError("corrupt .mcz: SIREN weights do not match the header")
     net.load_flat_parameters(torch.from_numpy(flat.reshape(n, per_net)))

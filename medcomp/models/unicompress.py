@@ -26,7 +26,7 @@ from medcomp.errors import CorruptFileError, MedcompError
 from medcomp.models.built_in_setup import BuiltInSetup
 from medcomp.nn.fusion import AttentionFusion
 from medcomp.nn.pretrained import load_extractor
-from medcomp.nn.siren import BatchedSiren, block_coordinates, width_for_budget
+from medcomp.nn.siren import COORDINATE_FRAMES, BatchedSiren, block_coordinates, siren_shapes, width_for_budget
 from medcomp.nn.vq import VectorQuantizer
 from medcomp.nn.wavelet import haar_dwt, pad_even
 
@@ -51,11 +51,6 @@ def extract_tokens(extractor, blocks: torch.Tensor, parts=PARTS, chunk: int = 25
     for i in range(0, blocks.shape[0], chunk):
         outs.append(torch.stack([extractor(p) for p in wavelet_parts(blocks[i : i + chunk], parts)]))
     return torch.cat(outs, dim=1)
-
-
-def siren_shapes(width: int, depth: int, in_dim: int) -> list[tuple[int, ...]]:
-    dims = [in_dim] + [width] * (depth - 1) + [1]
-    return [s for a, b in zip(dims[:-1], dims[1:]) for s in ((1, a, b), (1, 1, b))]
 
 
 def unicompress_container(image: Image, layout: BlockLayout, value_range, width: int, depth: int, w0: float,
@@ -88,10 +83,10 @@ def decode_unicompress(container: Container, chunk_points: int = 1 << 18) -> np.
     if idx.size != n or (idx.size and (idx.min() < 0 or idx.max() >= h["n_codes"])):
         raise CorruptFileError("corrupt .mcz: block indices do not match the header")
     net = BatchedSiren(1, in_dim, h["width"], h["depth"], 1, h["w0"])
-    frame = h.get("coordinates", "block")  # files written before the option used the block frame
-    if frame not in ("block", "image"):
-        raise CorruptFileError(f"corrupt .mcz: unknown coordinate frame {frame!r}")
-    coords, corners = block_coordinates(layout, frame)
+    try:  # files written before the option used the block frame
+        coords, corners = block_coordinates(layout, h.get("coordinates", "block"))
+    except ValueError as exc:
+        raise CorruptFileError(f"corrupt .mcz: {exc}") from None
     with torch.no_grad():
         for p, v in zip([q for pair in zip(net.weights, net.biases) for q in pair], params):
             p.copy_(torch.from_numpy(v))
@@ -127,6 +122,8 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         unknown = set(parts) - set(PARTS)
         if unknown or not parts:
             raise MedcompError(f"model.parts must be a non-empty subset of {list(PARTS)}, got {list(parts)}")
+        if coordinates not in COORDINATE_FRAMES:
+            raise MedcompError(f"model.coordinates must be one of {list(COORDINATE_FRAMES)}, got {coordinates!r}")
         self.parts = tuple(parts)
         self.target = target
         self.sirens = torch.nn.ModuleList()

@@ -77,10 +77,25 @@ class BatchedSiren(nn.Module):
             raise ValueError(f"expected {pos} parameters per network, got {flat.shape[1]}")
 
 
+def siren_shapes(width: int, depth: int, in_dim: int, n_nets: int = 1, out_dim: int = 1) -> list[tuple[int, ...]]:
+    """Shapes of a BatchedSiren's tensors in file order: (weight (n, in, out), bias (n, 1, out)) per layer."""
+    dims = [in_dim] + [width] * (depth - 1) + [out_dim]
+    return [s for a, b in zip(dims[:-1], dims[1:]) for s in ((n_nets, a, b), (n_nets, 1, b))]
+
+
+def _index_grid(shape: tuple[int, ...]) -> torch.Tensor:
+    """Integer positions of every cell of ``shape``, row-major, as float: (prod(shape), len(shape))."""
+    axes = [torch.arange(n, dtype=torch.float32) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
+
+
 def grid_coordinates(block: tuple[int, ...]) -> torch.Tensor:
     """Coordinates of every voxel of a block in [−1, 1]^d, row-major: (prod(block), d)."""
     axes = [torch.linspace(-1.0, 1.0, n) if n > 1 else torch.zeros(1) for n in block]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(block))
+
+
+COORDINATE_FRAMES = ("block", "image")
 
 
 def block_coordinates(layout, frame: str = "block") -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,12 +107,9 @@ def block_coordinates(layout, frame: str = "block") -> tuple[torch.Tensor, torch
     """
     if frame == "block":
         return grid_coordinates(layout.block), torch.zeros(layout.n_blocks, len(layout.block))
-    if frame != "image":
-        raise ValueError(f"coordinate frame must be 'block' or 'image', got {frame!r}")
+    if frame not in COORDINATE_FRAMES:
+        raise ValueError(f"unknown coordinate frame {frame!r} (known: {', '.join(COORDINATE_FRAMES)})")
     step = torch.tensor([2.0 / (p - 1) if p > 1 else 0.0 for p in layout.padded])
-    axes = [torch.arange(b, dtype=torch.float32) for b in layout.block]
-    local = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(layout.block)) * step
-    corners = torch.stack(torch.meshgrid(*[torch.arange(g, dtype=torch.float32) for g in layout.grid], indexing="ij"),
-                          dim=-1).reshape(-1, len(layout.block))
-    corners = corners * torch.tensor(layout.block, dtype=torch.float32) * step - (step > 0).float()
+    local = _index_grid(layout.block) * step
+    corners = _index_grid(layout.grid) * torch.tensor(layout.block, dtype=torch.float32) * step - (step > 0).float()
     return local, corners
