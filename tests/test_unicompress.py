@@ -226,3 +226,28 @@ def test_nokd_student_runs_without_a_teacher(tmp_path):
          "logger=none")
     info = json.loads(next(tmp_path.rglob("metrics.json")).read_text())["model_info"]
     assert info["distill"] is False and info["teacher_ckpt"] is None and info["param_ratio"] <= 0.55
+
+
+def test_collapsed_siren_is_restarted_with_half_the_hidden_w0(tmp_path, teacher_run):
+    """A hidden w0 far too large leaves the output near-constant; the fit restarts that SIREN with half of it, and the
+    file records the w0 the weights were fitted with (the decoder uses it)."""
+    from medcomp.codecs.base import decode_container
+    from medcomp.codecs.container import read_container
+
+    r = _run(tmp_path, "model=unicompress", *VOLUME_ARGS, f"data.path={teacher_run['volume']}", "model.fit_steps=12",
+             "model.w0_hidden=3000", "model.collapse_check_every=2", "logger=none")
+    said = r.stdout + r.stderr  # medcomp's log goes to stdout
+    assert "output collapsed at step 2" in said and "restarted with hidden w0 1500" in said
+    c = read_container(next(tmp_path.rglob("*.unicompress.mcz")))
+    assert c.header["w0"] == 60 and c.header["w0_hidden"] == 1500
+    assert decode_container(c).array.shape == np.load(teacher_run["volume"]).shape
+
+
+def test_files_without_a_hidden_w0_decode_with_one_w0():
+    """Files written before w0_hidden existed used w0 in every layer."""
+    _, c = _container()
+    one = decode_unicompress(c)
+    del c.header["w0_hidden"]
+    np.testing.assert_array_equal(decode_unicompress(c), one)
+    c.header["w0_hidden"] = c.header["w0"] / 2
+    assert not np.array_equal(decode_unicompress(c), one)

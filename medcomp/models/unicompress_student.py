@@ -51,11 +51,14 @@ class UniCompressStudent(UniCompress):
             own = self.teacher.state_dict()
             usable = {k: v for k, v in ckpt["state_dict"].items() if k in own and own[k].shape == v.shape}
             self.teacher.load_state_dict(usable, strict=False)
+            for i, w0_hidden in enumerate(ckpt.get("siren_w0_hidden", [])):  # a SIREN restarted after a collapse
+                if f"sirens.{i}.weights.0" in usable:
+                    self.teacher.sirens[i].w0_hidden = w0_hidden
             skipped = sorted(set(own) - set(usable))
             if skipped:
                 log.info("teacher checkpoint: %d of %d tensors loaded; re-fitted here: %s", len(usable), len(own),
                          ", ".join(skipped[:6]) + (" ..." if len(skipped) > 6 else ""))
-        for key in ("depth", "w0", "code_dim", "codebook_bits", "coordinates"):  # the student's file follows the teacher's format
+        for key in ("depth", "w0", "w0_hidden", "code_dim", "codebook_bits", "coordinates"):  # the student's file follows the teacher's format
             self.hparams[key] = self.teacher.hparams[key]
         dm = self.data
         extractor = self._build_extractor(dm.images[0].ndim)
@@ -72,7 +75,7 @@ class UniCompressStudent(UniCompress):
                 raise MedcompError(f"a teacher SIREN of width {teacher_width} leaves no student within "
                                    f"{hp.max_param_ratio} x its parameters; raise model.max_param_ratio")
             self.student_widths.append(width)
-            self.student_sirens.append(BatchedSiren(1, in_dim, width, depth, 1, self.teacher.hparams.w0))
+            self.student_sirens.append(BatchedSiren(1, in_dim, width, depth, 1, hp.w0, self.teacher.sirens[i].w0_hidden))
             self.register_buffer(f"blocks_{i}", blocks.reshape((-1, 1) + layout.block), persistent=False)
             for name in (f"coords_{i}", f"corners_{i}"):
                 self.register_buffer(name, getattr(self.teacher, name), persistent=False)

@@ -31,19 +31,32 @@ def width_for_budget(params: float, depth: int, in_dim: int, out_dim: int = 1) -
 
 
 class BatchedSiren(nn.Module):
-    def __init__(self, n_nets: int, in_dim: int, width: int, depth: int, out_dim: int = 1, w0: float = 30.0):
+    def __init__(self, n_nets: int, in_dim: int, width: int, depth: int, out_dim: int = 1, w0: float = 30.0,
+                 w0_hidden: float | None = None):
+        """``w0`` scales the first layer's sine (the input frequencies), ``w0_hidden`` the later ones (default: the
+        same, as in the paper). Kept apart because a frame that spans a whole image needs higher input frequencies,
+        while a higher hidden w0 acts as a larger step size and can make the fit diverge."""
         super().__init__()
         if depth < 2:
             raise ValueError("a SIREN needs at least 2 layers")
         self.w0 = w0
+        self.w0_hidden = w0 if w0_hidden is None else w0_hidden
         dims = [in_dim] + [width] * (depth - 1) + [out_dim]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for i, (fan_in, fan_out) in enumerate(zip(dims[:-1], dims[1:])):
-            # SIREN init: first layer U(-1/n, 1/n); later U(-sqrt(6/n)/w0, sqrt(6/n)/w0).
-            bound = 1.0 / fan_in if i == 0 else math.sqrt(6.0 / fan_in) / w0
-            self.weights.append(nn.Parameter(torch.empty(n_nets, fan_in, fan_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(n_nets, 1, fan_out).uniform_(-bound, bound)))
+        self.weights = nn.ParameterList(nn.Parameter(torch.empty(n_nets, a, b)) for a, b in zip(dims[:-1], dims[1:]))
+        self.biases = nn.ParameterList(nn.Parameter(torch.empty(n_nets, 1, b)) for b in dims[1:])
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self, w0_hidden: float | None = None) -> None:
+        """SIREN init, in place (an optimizer holding these parameters keeps them): first layer U(−1/n, 1/n), later
+        ones U(±√(6/n)/w0_hidden). ``w0_hidden`` changes the later layers' w0 first (a restart after a collapse)."""
+        if w0_hidden is not None:
+            self.w0_hidden = w0_hidden
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            fan_in = w.shape[1]
+            bound = 1.0 / fan_in if i == 0 else math.sqrt(6.0 / fan_in) / self.w0_hidden
+            w.uniform_(-bound, bound)
+            b.uniform_(-bound, bound)
 
     def forward(self, coords: torch.Tensor, nets: slice | None = None) -> torch.Tensor:
         """``nets``: evaluate only those networks (coords then has their count as first dim), e.g. to decode a
@@ -55,7 +68,7 @@ class BatchedSiren(nn.Module):
                 w, b = w[nets], b[nets]
             x = torch.baddbmm(b, x, w)
             if i < last:
-                x = torch.sin(self.w0 * x)
+                x = torch.sin((self.w0 if i == 0 else self.w0_hidden) * x)
         return x
 
     def flat_parameters(self) -> torch.Tensor:
