@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.classical_rd import shared_data  # noqa: E402
 from medcomp.bench import bd_metrics, machine, plot_rd, rd_curves, rd_points  # noqa: E402
-from medcomp.codecs.base import Target  # noqa: E402
 from medcomp.data.image import Image  # noqa: E402
 from medcomp.data.readers import read_image  # noqa: E402
 from medcomp.models.codec2d import default_weights, load_weights  # noqa: E402
+from medcomp.target import Target  # noqa: E402
 from medcomp.utils.atomic import atomic_write_text  # noqa: E402
 
 CODECS = ["jpeg", "jpeg2000", "jpegxl", "cal_vae", "rnn_conv"]

@@ -41,12 +41,13 @@ sys.path.insert(0, str(ROOT))
 from experiments.classical_rd import shared_data  # noqa: E402
 from medcomp.bench import bd_metrics, earlier_result, machine, plot_rd  # noqa: E402
 from medcomp.callbacks import FilePsnrTrace  # noqa: E402
-from medcomp.codecs.base import Target, decode_container, get_codec  # noqa: E402
+from medcomp.codecs.base import decode_container, get_codec  # noqa: E402
 from medcomp.data.datamodule import center_crop  # noqa: E402
 from medcomp.data.readers import read_image  # noqa: E402
 from medcomp.errors import MedcompError  # noqa: E402
 from medcomp.metrics.quality import psnr  # noqa: E402
 from medcomp.pipeline import compose, evaluate, fit_model  # noqa: E402
+from medcomp.target import Target  # noqa: E402
 from medcomp.utils.atomic import atomic_path, atomic_write_text  # noqa: E402
 
 INPUTS = {"abdomen_ct": "ct/abdomen_ct_122x101x112.nii.gz", "thorax_cta_a": "ct/thorax_cta_crop_a.nii.gz",

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medcomp.codecs.base import Target, get_codec
+from medcomp.codecs.base import get_codec
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
+from medcomp.target import Target
 from medcomp.utils.atomic import atomic_path, atomic_write_text
 
 

@@ -16,7 +16,7 @@ from medcomp.errors import MedcompError
 
 
 def _target(args):
-    from medcomp.codecs.base import Target
+    from medcomp.target import Target
 
     return Target(ratio=args.ratio, bpp=args.bpp)
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from medcomp.codecs.base import Target, decode_container, get_codec, is_learned
+from medcomp.codecs.base import decode_container, get_codec, is_learned
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
 from medcomp.metrics import bits_per_pixel, compression_ratio, ms_ssim, psnr, ssim
+from medcomp.target import Target
 from medcomp.utils.atomic import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger("medcomp")

@@ -46,8 +46,9 @@ def cases() -> list[tuple[str, str, str, dict]]:
 def encode_all(shared: Path) -> dict[str, str]:
     import torch
 
-    from medcomp.codecs.base import Target, get_codec
+    from medcomp.codecs.base import get_codec
     from medcomp.pipeline import encode_learned
+    from medcomp.target import Target
 
     torch.set_num_threads(1)
     images = inputs(shared)

@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from medcomp.codecs.base import Target, decode_container, get_codec, search_knob
+from medcomp.codecs.base import decode_container, get_codec, search_knob
 from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
 from medcomp.metrics import psnr
+from medcomp.target import Target
 from tests.conftest import smooth_volume
 
 CT = Image(smooth_volume((64, 72), dtype=np.int16, lo=-1024, hi=3000), (0.7, 0.7), name="ct")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medcomp.codecs.base import Target, decode_container, get_codec, trained_codecs
+from medcomp.codecs.base import decode_container, get_codec, trained_codecs
 from medcomp.codecs.container import read_container
 from medcomp.data.image import Image
 from medcomp.data.images import ImagesDataModule
@@ -16,6 +16,7 @@ from medcomp.models.cal_vae import CalVAE
 from medcomp.models.codec2d import default_weights, load_weights
 from medcomp.models.rnn_conv import RNNConv
 from medcomp.nn.conv_rnn import Binarizer, ConvLSTMCell, PyramidPooling
+from medcomp.target import Target
 from tests.conftest import run_cli
 
 SMALL = {"cal_vae": lambda: CalVAE(channels=8, latent=8, heads=2), "rnn_conv": lambda: RNNConv(channels=8, max_iterations=6)}

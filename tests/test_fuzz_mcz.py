@@ -11,10 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medcomp.codecs.base import Target, decode_container, get_codec
+from medcomp.codecs.base import decode_container, get_codec
 from medcomp.codecs.container import MAGIC, Container
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
+from medcomp.target import Target
 
 FUZZ = settings(max_examples=2000, deadline=2000, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from medcomp.codecs.base import Target
 from medcomp.codecs.container import Container
 from medcomp.codecs.entropy import decode_symbols, encode_symbols
 from medcomp.codecs.quantize import _bitpack, pack_symbols, unpack_symbols
@@ -17,6 +16,7 @@ from medcomp.data.image import Image
 from medcomp.models.unicompress import decode_unicompress, siren_shapes, unicompress_container
 from medcomp.nn.vq import VectorQuantizer
 from medcomp.nn.wavelet import haar_dwt, haar_idwt
+from medcomp.target import Target
 from tests.conftest import ROOT, smooth_volume
 
 

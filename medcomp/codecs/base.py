@@ -6,40 +6,14 @@ import math
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image
 from medcomp.errors import CorruptFileError, MedcompError
+from medcomp.target import Target
 from medcomp.utils.memory import check_fits
-
-
-@dataclass(frozen=True)
-class Target:
-    """A rate target: a compression ratio or a bits-per-pixel figure (exactly one)."""
-
-    ratio: float | None = None
-    bpp: float | None = None
-
-    def __post_init__(self):
-        if (self.ratio is None) == (self.bpp is None):
-            raise MedcompError("give exactly one rate target: a ratio (--ratio) or bits per pixel (--bpp)")
-        value = self.ratio if self.ratio is not None else self.bpp
-        if not value > 0:
-            raise MedcompError(f"rate target must be positive, got {value}")
-
-    def target_bytes(self, image: Image) -> float:
-        if self.ratio is not None:
-            return image.nbytes / self.ratio
-        return self.bpp * image.array.size / 8.0
-
-    def ratio_for(self, image: Image) -> float:
-        return image.nbytes / self.target_bytes(image)
-
-    def describe(self) -> str:
-        return f"cr{self.ratio:g}" if self.ratio is not None else f"bpp{self.bpp:g}"
 
 
 class Codec(ABC):
@@ -167,15 +141,6 @@ def split_planes(container: Container) -> list[bytes]:
         raise CorruptFileError("corrupt .mcz: slice index does not match the stream length")
     ends = np.cumsum(lengths.astype(np.int64))
     return [stream[int(e - n) : int(e)] for n, e in zip(lengths, ends)]
-
-
-def restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Round and clip decoded float values into the original dtype."""
-    dt = np.dtype(dtype)
-    if dt.kind in "iu":
-        info = np.iinfo(dt)
-        return np.clip(np.rint(values), info.min, info.max).astype(dt)
-    return values.astype(dt)
 
 
 CODECS: dict[str, Callable[[], Codec]] = {}

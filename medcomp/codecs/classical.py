@@ -11,7 +11,6 @@ import numpy as np
 
 from medcomp.codecs.base import (
     Codec,
-    Target,
     image_header,
     join_planes,
     register,
@@ -21,6 +20,7 @@ from medcomp.codecs.base import (
 from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
+from medcomp.target import Target
 
 
 class SliceCodec(Codec):

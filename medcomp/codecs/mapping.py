@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medcomp.codecs.base import restore_dtype
+from medcomp.data.image import restore_dtype
 from medcomp.utils.memory import slabs
 
 SLAB_VOXELS = 1 << 22

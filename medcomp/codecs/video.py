@@ -14,11 +14,12 @@ import re
 
 import numpy as np
 
-from medcomp.codecs.base import Codec, Target, image_header, register, search_knob
+from medcomp.codecs.base import Codec, image_header, register, search_knob
 from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
 from medcomp.errors import CorruptFileError
+from medcomp.target import Target
 
 PAD, MIN_SIDE = 8, 64
 START_CODE = re.compile(b"\x00\x00\x01")

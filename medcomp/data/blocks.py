@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medcomp.codecs.base import restore_dtype
+from medcomp.data.image import restore_dtype
 
 DEFAULT_BLOCK = {2: (256, 256), 3: (32, 32, 32)}
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from medcomp.codecs.base import Target
 from medcomp.errors import MedcompError
+from medcomp.target import Target
 
 log = logging.getLogger("medcomp")
 

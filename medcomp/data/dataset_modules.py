@@ -308,8 +308,8 @@ class CasesClassificationDataModule(L.LightningDataModule):
                                    f"(labels: {', '.join(cases[0]['targets'])})")
             self.items[split] = monai_dataset(cases, transform, **s.cache_args)
         if self.degrade_jpeg:
-            from medcomp.codecs.base import Target
             from medcomp.data.cxr import jpeg_quality_for
+            from medcomp.target import Target
 
             plain = _RadiographItems(self.items["train"], self.finding_names, self.image_size, None, None)
             sample = np.stack([(plain[i]["image"][0] * 255).round().byte().numpy()

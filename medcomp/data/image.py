@@ -84,3 +84,12 @@ def validate_image(image: Image, source: str, allowed_ndim=(2, 3)) -> Image:
     if image.data_range == 0:
         raise MedcompError(f"{source}: image is constant (zero intensity range), PSNR is undefined")
     return image
+
+
+def restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+    """Round and clip decoded float values into the original dtype."""
+    dt = np.dtype(dtype)
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        return np.clip(np.rint(values), info.min, info.max).astype(dt)
+    return values.astype(dt)

@@ -22,18 +22,17 @@ import torch.nn.functional as F
 
 from medcomp.codecs.base import (
     Codec,
-    Target,
     get_codec,
     image_header,
     join_planes,
     register,
-    restore_dtype,
     search_knob,
     split_planes,
 )
 from medcomp.codecs.container import Container
-from medcomp.data.image import Image
+from medcomp.data.image import Image, restore_dtype
 from medcomp.errors import MedcompError
+from medcomp.target import Target
 
 WEIGHTS_FORMAT = "medcomp-codec-weights/1"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"

@@ -8,7 +8,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from medcomp.codecs.base import Target, image_header, register_learned
+from medcomp.codecs.base import image_header, register_learned
 from medcomp.codecs.container import Container
 from medcomp.codecs.quantize import dequantize, fill_budget, pack_symbols, quantize, top_for_bits, unpack_symbols
 from medcomp.data.blocks import BlockLayout, assemble_blocks
@@ -17,6 +17,7 @@ from medcomp.data.image import Image
 from medcomp.errors import MedcompError
 from medcomp.models.built_in_setup import BuiltInSetup
 from medcomp.nn.siren import BatchedSiren, grid_coordinates, siren_param_count, siren_shapes, width_for_budget
+from medcomp.target import Target
 
 # Raw floats, or "quantized": per-layer symmetric integers (one scale per weight/bias tensor of all blocks),
 # entropy-coded, with as many levels as fill the byte target (the same quantiser as UniCompress's file).

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcomp.codecs.base import Target, image_header, register_learned
+from medcomp.codecs.base import image_header, register_learned
 from medcomp.codecs.container import Container
 from medcomp.codecs.quantize import dequantize, fill_budget, pack_symbols, quantize, top_for_bits, unpack_symbols
 from medcomp.data.blocks import BlockLayout, assemble_blocks
@@ -29,6 +29,7 @@ from medcomp.nn.pretrained import load_extractor
 from medcomp.nn.siren import COORDINATE_FRAMES, BatchedSiren, block_coordinates, siren_shapes, width_for_budget
 from medcomp.nn.vq import VectorQuantizer
 from medcomp.nn.wavelet import haar_dwt, pad_even
+from medcomp.target import Target
 
 log = logging.getLogger("medcomp")
 PARTS = ("raw", "low", "high")
