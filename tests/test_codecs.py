@@ -38,7 +38,7 @@ def test_rate_controlled_codecs_hit_the_ratio(codec, image):
 def test_limited_range_codecs_round_trip(codec):
     data, decoded = round_trip(codec, CT, Target(ratio=6))
     assert decoded.array.dtype == np.int16
-    assert image_ratio(CT, data) > 2
+    assert image_ratio(CT, data) == pytest.approx(6, rel=0.05)  # integer quality / NEAR steps: 6.03 and 5.96 here
     assert psnr(CT.array, decoded.array) > 35
 
 

@@ -31,6 +31,26 @@ def test_ssim_identity_and_degradation():
     assert 0.0 < ssim(a, noisy) < 0.99
 
 
+def test_ssim_map_equals_scikit_image_away_from_the_border():
+    """An independent reference: scikit-image's SSIM (Gaussian σ 1.5, population covariance, as Wang et al.). The two
+    pad the border differently (torch's reflect vs scipy's), so the maps are compared where no padding is read."""
+    import torch
+    from skimage.metrics import structural_similarity
+
+    from medcomp.metrics.quality import _ssim_maps
+
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 4096, (48, 56)).astype(np.float64)
+    b = a + rng.normal(0, 300, a.shape)
+    r = float(a.max() - a.min())
+    _, ref = structural_similarity(a, b, data_range=r, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                   full=True)
+    full, _, pad = _ssim_maps(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None], r)
+    assert pad == 5
+    np.testing.assert_allclose(full[0].numpy()[pad:-pad, pad:-pad], ref[pad:-pad, pad:-pad], rtol=1e-9, atol=1e-12)
+    assert 0.3 < float(full.mean()) < 0.99
+
+
 def test_ssim_volume_is_mean_over_axial_slices():
     rng = np.random.default_rng(1)
     a = rng.integers(0, 1000, (3, 32, 32)).astype(np.int16)

@@ -77,7 +77,7 @@ def test_ddp_two_cpu_processes(tmp_path):
     runs = list((tmp_path / "run" / "runs").iterdir())
     assert len(runs) == 1  # rank 1 works in rank 0's directory
     m = json.loads((runs[0] / "metrics.json").read_text())
-    assert m["summary"]["siren"]["psnr"] > 10 and m["summary"]["siren"]["ratio_actual"] > 32
+    assert m["summary"]["siren"]["psnr"] > 10 and m["summary"]["siren"]["ratio_actual"] == pytest.approx(64, rel=0.03)
 
 
 @pytest.mark.parametrize("strategy", ["ddp", pytest.param("ddp_spawn", marks=pytest.mark.slow)])

@@ -56,8 +56,15 @@ def _window(h: int, w: int) -> tuple[int, float]:
 
 def _ssim_terms(x: torch.Tensor, y: torch.Tensor, rng: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean SSIM and mean contrast-structure term per slice of (N, 1, H, W) float64 batches, as torchmetrics
-    computes them: reflect padding by half a window, Gaussian-weighted local statistics (separable here), variances
-    clamped at 0; SSIM averaged over the whole image, the contrast-structure term over the unpadded part."""
+    computes them: SSIM averaged over the whole image, the contrast-structure term over the unpadded part."""
+    full, cs, pad = _ssim_maps(x, y, rng)
+    inner = cs[..., pad:cs.shape[-2] - pad, pad:cs.shape[-1] - pad] if pad else cs
+    return full.mean(dim=(-2, -1)), inner.mean(dim=(-2, -1))
+
+
+def _ssim_maps(x: torch.Tensor, y: torch.Tensor, rng: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-pixel SSIM and contrast-structure maps, (N, H, W), and the padding: reflect padding by half a window,
+    Gaussian-weighted local statistics (separable here), variances clamped at 0."""
     size, sigma = _window(*x.shape[-2:])
     pad = (size - 1) // 2
     t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
@@ -72,8 +79,7 @@ def _ssim_terms(x: torch.Tensor, y: torch.Tensor, rng: float) -> tuple[torch.Ten
     vx, vy, cov = (sxx - mx * mx).clamp(min=0), (syy - my * my).clamp(min=0), sxy - mx * my
     cs = (2 * cov + c2) / (vx + vy + c2)
     full = (2 * mx * my + c1) / (mx * mx + my * my + c1) * cs
-    inner = cs[..., pad:cs.shape[-2] - pad, pad:cs.shape[-1] - pad] if pad else cs
-    return full.mean(dim=(-2, -1)), inner.mean(dim=(-2, -1))
+    return full, cs, pad
 
 
 def _per_slice(original, decoded, fn) -> list[float]:
