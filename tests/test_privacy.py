@@ -48,7 +48,11 @@ def test_no_patient_identifier_reaches_any_output(tmp_path):
     assert list(logs.rglob("*.mcz")) and list(logs.rglob("metrics.json"))
     assert MARKER not in r.stdout + r.stderr
     assert files_with_marker(logs) == []
-    # The command line: .mcz and a decoded DICOM, which is written de-identified.
+
+
+def test_no_patient_identifier_reaches_the_command_lines_outputs(tmp_path):
+    """The fast half (make test): compress / decompress through the CLI; the decoded DICOM is written de-identified."""
+    src = phi_dicom(tmp_path / "input" / "scan.dcm")
     out = tmp_path / "out"
     assert run_cli("compress", src, out / "scan.mcz", "--codec", "jpeg2000", "--ratio", "8").returncode == 0
     d = run_cli("decompress", out / "scan.mcz", out / "scan_decoded.dcm")
