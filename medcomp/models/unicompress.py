@@ -131,7 +131,7 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         self.sirens = torch.nn.ModuleList()
         self.quantizers = torch.nn.ModuleList()
         self.widths: list[int] = []
-        self.output_spread: list[float] = []  # per image: sd of the SIREN's output ÷ sd of the values, last step
+        self.output_spread: list[torch.Tensor] = []  # per image: sd of the SIREN's output ÷ sd of the values, last step
         self.fusion = None
         self.extractor_source = None
 
@@ -226,7 +226,7 @@ class UniCompress(BuiltInSetup, L.LightningModule):
             pred = self.predict_points(i, q, idx)
             recon = recon + F.mse_loss(pred, values)
             commit = commit + c
-            self.output_spread.append(float(pred.detach().std() / (values.std() + 1e-8)))
+            self.output_spread.append(pred.detach().std() / (values.std() + 1e-8))  # read only when checked: no sync
         loss = recon + commit
         self.log_dict({"train/recon": recon, "train/commit": commit, "train/psnr_norm": 10 * torch.log10(4.0 / recon.detach())},
                       prog_bar=True)
@@ -251,7 +251,7 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         if not every or step == 0 or step % every or step > self.trainer.max_steps // 4 or not self.output_spread:
             return
         opt = self.optimizers().optimizer
-        for i, spread in enumerate(self.output_spread):
+        for i, spread in enumerate(map(float, self.output_spread)):
             net = self.sirens[i]
             if spread < floor and net.w0_hidden / 2 >= min_w0_hidden:
                 log.warning("unicompress: image %d's SIREN output collapsed at step %d (sd %.3f of the data's); "
