@@ -35,11 +35,11 @@ def _job_failed(cfg: DictConfig, message: str, code: int) -> float:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from medcomp.errors import MedcompError
-    from medcomp.pipeline import run_experiment
+    from medcomp.tasks import run_task
     from medcomp.utils.wandb import finish_wandb
 
     try:
-        metrics = run_experiment(cfg)
+        metrics = run_task(cfg)
     except MedcompError as exc:
         finish_wandb(exit_code=2)
         print(f"medcomp: error: {exc}", file=sys.stderr)

@@ -22,12 +22,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from medcomp.bench import earlier_result, machine, shared_data
+from medcomp.utils.atomic import atomic_path, atomic_write_text
 
-from experiments.classical_rd import shared_data  # noqa: E402
-from medcomp.bench import earlier_result, machine  # noqa: E402
-from medcomp.utils.atomic import atomic_path, atomic_write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def plan(args) -> list[dict]:

@@ -9,26 +9,19 @@ X-ray: pydicom-data's 15-bit chest CR (RG1) and 10-bit extremity CR (RG3), centr
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from medcomp.bench import rd_benchmark, shared_data
+from medcomp.data.datamodule import center_crop, sample_files
+from medcomp.data.readers import read_image
 
-from medcomp.bench import rd_benchmark  # noqa: E402
-from medcomp.data.datamodule import center_crop, sample_files  # noqa: E402
-from medcomp.data.readers import read_image  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CODECS = ["jpeg", "jpeg2000", "jpegxl", "jpegls", "h264", "hevc"]
-
-
-def shared_data() -> Path | None:
-    p = Path(os.environ.get("MEDCOMP_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    return p if p.is_dir() else None
 
 
 def main(argv=None):

@@ -20,16 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from medcomp.bench import bd_metrics, machine, plot_rd, rd_curves, rd_points, shared_data
+from medcomp.data.image import Image
+from medcomp.data.readers import read_image
+from medcomp.models.codec2d import default_weights, load_weights
+from medcomp.target import Target
+from medcomp.utils.atomic import atomic_write_text
 
-from experiments.classical_rd import shared_data  # noqa: E402
-from medcomp.bench import bd_metrics, machine, plot_rd, rd_curves, rd_points  # noqa: E402
-from medcomp.data.image import Image  # noqa: E402
-from medcomp.data.readers import read_image  # noqa: E402
-from medcomp.models.codec2d import default_weights, load_weights  # noqa: E402
-from medcomp.target import Target  # noqa: E402
-from medcomp.utils.atomic import atomic_write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CODECS = ["jpeg", "jpeg2000", "jpegxl", "cal_vae", "rnn_conv"]
 

@@ -19,15 +19,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from medcomp.bench import machine, shared_data
+from medcomp.data.blocks import plan_blocks, split_blocks
+from medcomp.data.dataset_modules import case_transforms, monai_dataset
+from medcomp.data.datasets import list_cases
+from medcomp.utils.atomic import atomic_path, atomic_write_text
 
-from experiments.classical_rd import shared_data  # noqa: E402
-from medcomp.bench import machine  # noqa: E402
-from medcomp.data.blocks import plan_blocks, split_blocks  # noqa: E402
-from medcomp.data.dataset_modules import case_transforms, monai_dataset  # noqa: E402
-from medcomp.data.datasets import list_cases  # noqa: E402
-from medcomp.utils.atomic import atomic_path, atomic_write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 VOLUMES = ["abdomen_ct_122x101x112.nii.gz", "thorax_cta_crop_a.nii.gz", "thorax_cta_crop_b.nii.gz"]
 

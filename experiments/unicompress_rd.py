@@ -35,20 +35,20 @@ import lightning as L
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from medcomp.bench import bd_metrics, earlier_result, machine, plot_rd, shared_data
+from medcomp.callbacks import FilePsnrTrace
+from medcomp.codecs.registry import decode_container, get_codec
+from medcomp.config import compose
+from medcomp.data.datamodule import center_crop
+from medcomp.data.readers import read_image
+from medcomp.errors import MedcompError
+from medcomp.evaluation import evaluate
+from medcomp.fitting import fit
+from medcomp.metrics.quality import psnr
+from medcomp.target import Target
+from medcomp.utils.atomic import atomic_path, atomic_write_text
 
-from experiments.classical_rd import shared_data  # noqa: E402
-from medcomp.bench import bd_metrics, earlier_result, machine, plot_rd  # noqa: E402
-from medcomp.callbacks import FilePsnrTrace  # noqa: E402
-from medcomp.codecs.base import decode_container, get_codec  # noqa: E402
-from medcomp.data.datamodule import center_crop  # noqa: E402
-from medcomp.data.readers import read_image  # noqa: E402
-from medcomp.errors import MedcompError  # noqa: E402
-from medcomp.metrics.quality import psnr  # noqa: E402
-from medcomp.pipeline import compose, evaluate, fit_model  # noqa: E402
-from medcomp.target import Target  # noqa: E402
-from medcomp.utils.atomic import atomic_path, atomic_write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 INPUTS = {"abdomen_ct": "ct/abdomen_ct_122x101x112.nii.gz", "thorax_cta_a": "ct/thorax_cta_crop_a.nii.gz",
           "thorax_cta_b": "ct/thorax_cta_crop_b.nii.gz", "isbi_em": "em/isbi2012/train/image"}
@@ -84,7 +84,7 @@ def steps_for_budget(model: str, image, ratio: float, budget_s: float, out_dir: 
     """Steps that fill ``budget_s`` of fit time: seconds per step from a ``probe``-step fit (its first steps, which
     include one-off warm-up, are left out of the rate)."""
     clock = StepClock()
-    fit_model(learned_cfg(model, ratio, probe, out_dir, extra), images=[image], extra_callbacks=[clock])
+    fit(learned_cfg(model, ratio, probe, out_dir, extra), images=[image], extra_callbacks=[clock])
     per_step = (clock.times[-1] - clock.times[3]) / (len(clock.times) - 4)
     return max(probe, int(budget_s / per_step))
 
@@ -93,9 +93,10 @@ def fit_learned(model: str, image, ratio: float, budget_s: float, out_dir: str, 
     steps = steps_for_budget(model, image, ratio, budget_s, f"{out_dir}_probe", extra)
     trace = FilePsnrTrace(max(1, steps // trace_every)) if trace_every else None
     cfg = learned_cfg(model, ratio, steps, out_dir, extra)
-    model_obj, _, _, fit_s = fit_model(cfg, images=[image], extra_callbacks=[trace] if trace else None)
+    fitted = fit(cfg, images=[image], extra_callbacks=[trace] if trace else None)
+    model_obj = fitted.model
     container = model_obj.export()[0]
-    row, _ = evaluate(image, container, model, fit_s, Target(ratio=ratio))
+    row, _ = evaluate(image, container, model_obj.as_codec(), fitted.seconds, Target(ratio=ratio), model)
     row["model_info"] = model_obj.describe() if hasattr(model_obj, "describe") else {}
     row["steps"], row["budget_s"] = steps, budget_s
     if hasattr(model_obj, "container_within_budget"):  # UniCompress: what quantising the weights costs
@@ -146,14 +147,15 @@ def run_input(name, image, args, tmp, kd: bool) -> tuple[list[dict], list[dict]]
             rows.append(row)
 
     def classical(codec, ratio):
+        encoder = get_codec(codec, **({"preset": args.hevc_preset} if codec == "hevc" else {}))
         t0 = time.perf_counter()
-        c = get_codec(codec, **({"preset": args.hevc_preset} if codec == "hevc" else {})).encode(image, Target(ratio=ratio))
-        return evaluate(image, c, codec, time.perf_counter() - t0, Target(ratio=ratio))[0]
+        c = encoder.encode(image, Target(ratio=ratio))
+        return evaluate(image, c, encoder, time.perf_counter() - t0, Target(ratio=ratio))[0]
 
     for ratio in args.ratios:
         trace = args.trace_points if ratio in args.trace_ratios else 0
         teacher_dir = Path(tmp) / f"{name}_t{ratio:g}"
-        ckpt = teacher_dir / "checkpoints" / "final.ckpt"  # fit_model saves the fitted teacher here
+        ckpt = teacher_dir / "checkpoints" / "final.ckpt"  # fit() saves the fitted teacher here
         keep = ["++save_final_checkpoint=true"] if kd else []  # the KD students start from it
         attempt("unicompress", ratio, fit_learned, "unicompress", image, ratio, args.budget_s, teacher_dir, keep,
                 trace_every=trace)

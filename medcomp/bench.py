@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from medcomp.codecs.base import get_codec
+from medcomp.codecs.registry import get_codec
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
 from medcomp.target import Target
 from medcomp.utils.atomic import atomic_path, atomic_write_text
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_data() -> Path | None:
+    """The project's shared real data (``../shared/data`` beside the checkout, or $MEDCOMP_SHARED_DATA)."""
+    p = Path(os.environ.get("MEDCOMP_SHARED_DATA", REPO.parent / "shared" / "data"))
+    return p if p.is_dir() else None
+
 
 
 def bd_metrics(ref: list[dict], test: list[dict]) -> dict:
@@ -60,14 +70,15 @@ def rd_points(images, codecs, targets, desc: str = "rd") -> list[dict]:
 
     from tqdm import tqdm
 
-    from medcomp.pipeline import evaluate
+    from medcomp.evaluation import evaluate
 
     points = []
     for codec_name, target, image in tqdm([(c, t, im) for c in codecs for t in targets for im in images], desc=desc,
                                           unit="enc"):
+        codec = get_codec(codec_name)
         t0 = time.perf_counter()
-        container = get_codec(codec_name).encode(image, target)
-        row, _ = evaluate(image, container, codec_name, time.perf_counter() - t0, target)
+        container = codec.encode(image, target)
+        row, _ = evaluate(image, container, codec, time.perf_counter() - t0, target, codec_name)
         row["target"] = target.describe()
         points.append(row)
     return points
@@ -93,7 +104,7 @@ def rd_curves(points: list[dict], codecs, targets) -> dict:
 
 
 def machine() -> dict:
-    from medcomp.pipeline import usable_cpus
+    from medcomp.runtime import usable_cpus
 
     return {"node": platform.node(), "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(), "cpus": usable_cpus()}

@@ -6,7 +6,7 @@ import time
 
 import lightning as L
 
-from medcomp.codecs.base import decode_container
+from medcomp.codecs.registry import decode_container
 from medcomp.metrics import psnr
 
 

@@ -22,9 +22,9 @@ def _target(args):
 
 
 def cmd_compress(args) -> int:
-    from medcomp.codecs.base import get_codec, is_learned, learned_codecs
+    from medcomp.codecs.registry import get_codec, is_learned, learned_codecs
     from medcomp.data.readers import read_image
-    from medcomp.pipeline import encode_learned, evaluate
+    from medcomp.evaluation import evaluate
     from medcomp.utils.atomic import atomic_write_bytes
     from medcomp.utils.outputs import check_free_space, check_output_path
 
@@ -36,14 +36,17 @@ def cmd_compress(args) -> int:
     image = read_image(args.input, key=args.key)
     # Room for twice the target (a codec that cannot reach its target writes more, and says so in the ratio).
     check_free_space(args.output, int(target.target_bytes(image) * 2) + (1 << 20))
-    learned = is_learned(args.codec)  # imports the codec's module here, so encode_s does not count it
-    if not learned and args.override:
-        raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(learned_codecs()))}), not '{args.codec}'")
-    codec = None if learned else get_codec(args.codec, **_ckpt_kwargs(args.codec, args.ckpt))
+    kwargs = _ckpt_kwargs(args.codec, args.ckpt)  # imports the codec's module here, so encode_s does not count it
+    if args.override:
+        if not is_learned(args.codec):
+            raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(learned_codecs()))}), "
+                               f"not '{args.codec}'")
+        kwargs["overrides"] = args.override
+    codec = get_codec(args.codec, **kwargs)
     t0 = time.perf_counter()
-    container = encode_learned(args.codec, image, target, args.override) if learned else codec.encode(image, target)
+    container = codec.encode(image, target)
     encode_s = time.perf_counter() - t0
-    row, _ = evaluate(image, container, args.codec, encode_s, target, ckpt=args.ckpt)
+    row, _ = evaluate(image, container, codec, encode_s, target)
     atomic_write_bytes(args.output, container.to_bytes())
     keys = ("codec", "ratio_target", "ratio_actual", "bpp", "psnr", "ssim", "encode_s", "decode_s", "file_bytes")
     print(json.dumps({k: row[k] for k in keys}))
@@ -52,7 +55,7 @@ def cmd_compress(args) -> int:
 
 def _ckpt_kwargs(codec: str, ckpt: str | None) -> dict:
     """--ckpt goes to the trained codecs (cal_vae, rnn_conv) only."""
-    from medcomp.codecs.base import is_trained, trained_codecs
+    from medcomp.codecs.registry import is_trained, trained_codecs
 
     if is_trained(codec):
         return {"ckpt": ckpt} if ckpt else {}
@@ -64,8 +67,9 @@ def _ckpt_kwargs(codec: str, ckpt: str | None) -> dict:
 def cmd_decompress(args) -> int:
     import numpy as np
 
-    from medcomp.codecs.base import check_header, decode_container, get_codec
+    from medcomp.codecs.base import check_header
     from medcomp.codecs.container import read_container
+    from medcomp.codecs.registry import decode_container, get_codec
     from medcomp.data.writers import Lossy, check_output, is_dicom_series_path, write_image
     from medcomp.utils.outputs import check_free_space, check_output_path
 
@@ -75,8 +79,8 @@ def cmd_decompress(args) -> int:
     original_bytes = int(np.prod(header["shape"])) * np.dtype(header["dtype"]).itemsize
     check_output(args.output, len(header["shape"]))
     check_free_space(args.output, int(original_bytes * 1.1) + (1 << 20))
-    image = decode_container(container, **_ckpt_kwargs(container.codec, args.ckpt))
     codec = get_codec(container.codec, **_ckpt_kwargs(container.codec, args.ckpt))
+    image = decode_container(container, codec)
     file_bytes = Path(args.input).stat().st_size
     lossy = None if codec.is_lossless(container) else Lossy(original_bytes / file_bytes, codec.lossy_method())
     for note in write_image(args.output, image, lossy=lossy):

@@ -12,9 +12,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 
 
-def shared_data() -> Path | None:
-    p = Path(os.environ.get("MEDCOMP_SHARED_DATA", ROOT.parent / "shared" / "data"))
-    return p if p.is_dir() else None
+from medcomp.bench import shared_data  # noqa: E402  (after the environment above: it imports the codecs)
 
 
 @pytest.fixture

@@ -46,8 +46,7 @@ def cases() -> list[tuple[str, str, str, dict]]:
 def encode_all(shared: Path) -> dict[str, str]:
     import torch
 
-    from medcomp.codecs.base import get_codec, is_learned
-    from medcomp.pipeline import encode_learned
+    from medcomp.codecs.registry import get_codec, is_learned
     from medcomp.target import Target
 
     images = inputs(shared)
@@ -56,10 +55,8 @@ def encode_all(shared: Path) -> dict[str, str]:
     torch.set_num_threads(1)
     try:  # the rest of a pytest session keeps its thread count
         for case, codec, name, target in cases():
-            if is_learned(codec):  # fitted through the pipeline, at debug=limit scale
-                container = encode_learned(codec, images[name], Target(**target), LEARNED_LIMIT)
-            else:
-                container = get_codec(codec).encode(images[name], Target(**target))
+            kwargs = {"overrides": LEARNED_LIMIT} if is_learned(codec) else {}  # fits at debug=limit scale
+            container = get_codec(codec, **kwargs).encode(images[name], Target(**target))
             digests[case] = hashlib.sha256(container.to_bytes()).hexdigest()
     finally:
         torch.set_num_threads(threads)

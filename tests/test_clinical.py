@@ -199,7 +199,7 @@ def test_palette_and_colour_dicom_are_refused_in_one_line(tmp_path, name):
 def mcz_with_header(path, **changes):
     """A real .mcz whose JSON header is changed and whose CRC is recomputed (it passes the CRC check)."""
     vol = smooth_volume((2, 16, 16))
-    from medcomp.codecs.base import get_codec
+    from medcomp.codecs.registry import get_codec
     from medcomp.data.image import Image
     from medcomp.target import Target
 

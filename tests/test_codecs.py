@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from medcomp.codecs.base import decode_container, get_codec, search_knob
+from medcomp.codecs.base import search_knob
 from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
+from medcomp.codecs.registry import decode_container, get_codec
 from medcomp.data.image import Image
 from medcomp.metrics import psnr
 from medcomp.target import Target
@@ -78,3 +79,26 @@ def test_unknown_codec():
 
     with pytest.raises(MedcompError, match="unknown codec 'webp'"):
         get_codec("webp")
+
+
+@pytest.mark.parametrize("image", [CT, CR16, VOL], ids=lambda im: im.name)
+def test_deflate_is_lossless(image):
+    data, decoded = round_trip("deflate", image, Target(ratio=8))
+    assert np.array_equal(decoded.array, image.array) and decoded.array.dtype == image.array.dtype
+    assert decoded.spacing == image.spacing
+    assert get_codec("deflate").is_lossless(Container.from_bytes(data))
+
+
+def test_readme_add_a_codec_example_is_the_shipped_codec():
+    """The README's 20-line example is medcomp/codecs/deflate.py and conf/codec/deflate.yaml, word for word."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    section = (root / "README.md").read_text().split("## Adding a codec", 1)[1].split("\n## ", 1)[0]
+    python = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    yaml = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    assert python.strip() in (root / "medcomp" / "codecs" / "deflate.py").read_text()
+    assert yaml.strip() == (root / "conf" / "codec" / "deflate.yaml").read_text().strip()
+    code = [line for line in python.splitlines() if line.strip() and not line.lstrip().startswith(("import", "from"))]
+    assert len(code) <= 20

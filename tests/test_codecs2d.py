@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from medcomp.codecs.base import decode_container, get_codec, trained_codecs
 from medcomp.codecs.container import read_container
+from medcomp.codecs.registry import decode_container, get_codec, trained_codecs
 from medcomp.data.image import Image
 from medcomp.data.images import ImagesDataModule
 from medcomp.data.readers import read_image

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from medcomp.config import compose
 from medcomp.data.dataset_modules import DatasetDataModule
 from medcomp.data.datasets import CT_RATE_LABELS, NIH_LABELS, list_cases, split_cases
 from medcomp.errors import MedcompError
-from medcomp.pipeline import compose, run_experiment
+from medcomp.tasks import run_task
 
 RNG = np.random.default_rng(0)
 
@@ -75,7 +76,7 @@ def run_fdr(tmp_path, *overrides):
     out = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
     cfg = compose([*overrides, "debug=fdr", "logger=none", "callbacks=none", "baselines=[]",
                    f"paths.output_dir={out}", "+save_final_checkpoint=false"])
-    run_experiment(cfg)
+    run_task(cfg)
     return json.loads((out / "metrics.json").read_text())
 
 

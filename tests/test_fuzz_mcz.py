@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medcomp.codecs.base import decode_container, get_codec
 from medcomp.codecs.container import MAGIC, Container
+from medcomp.codecs.registry import decode_container, get_codec
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
 from medcomp.target import Target
@@ -73,7 +73,7 @@ def _real_files() -> list[bytes]:
     image = Image((np.add.outer(np.arange(24), np.arange(20)) * 40 + rng.integers(0, 30, (24, 20))).astype(np.uint16),
                   (1.0, 1.0), {}, "fuzz")
     files = [get_codec(name).encode(image, Target(ratio=4))
-             for name in ("jpeg", "jpeg2000", "jpegxl", "jpegls", "h264", "hevc")]
+             for name in ("jpeg", "jpeg2000", "jpegxl", "jpegls", "h264", "hevc", "deflate")]
     files += [get_codec(name).encode(image, Target(bpp=2)) for name in ("cal_vae", "rnn_conv")]
     layout = plan_blocks(image.array.shape, (12, 10))
     weights = rng.normal(0, 0.3, layout.n_blocks * siren_param_count(6, 3, 2)).astype("<f2").tobytes()

@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+from medcomp.codecs.container import read_container
+from medcomp.codecs.registry import decode_container
 from tests.conftest import ROOT, smooth_volume
 from tests.wandb_records import logged_values
 
@@ -94,3 +96,7 @@ def test_trained_2d_codec_fast_dev_run(tmp_path, model):
         d = subprocess.run([sys.executable, "-m", "medcomp.cli", "decompress", str(f), str(tmp_path / f"{row['image']}.npy"),
                             "--ckpt", str(weights)], capture_output=True, text=True)
         assert d.returncode == 0, d.stderr
+        other = np.load(tmp_path / f"{row['image']}.npy")
+        here = decode_container(read_container(f), ckpt=weights).array  # what the run measured
+        assert other.shape == tuple(row["shape"]) and other.dtype.name == row["dtype"]
+        np.testing.assert_array_equal(other, here)

@@ -5,7 +5,7 @@ import sqlite3
 
 import pytest
 
-from medcomp.pipeline import compose
+from medcomp.config import compose
 from tests.test_run import run_py
 
 

@@ -198,11 +198,21 @@ def test_student_from_teacher_checkpoint(tmp_path, teacher_run):
     _run(tmp_path / "s", "experiment=unicompress_kd", *VOLUME_ARGS, f"data.path={teacher_run['volume']}",
          f"model.teacher_ckpt={teacher_run['ckpt']}", "model.fit_steps=3", "logger=csv", "trainer.log_every_n_steps=1")
     out = next((tmp_path / "s").rglob("metrics.json")).parent
-    info = json.loads((out / "metrics.json").read_text())["model_info"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    info = metrics["model_info"]
     assert info["param_ratio"] <= 0.55 and info["inr_parameters"] <= 0.55 * info["teacher_inr_parameters"]
     logged = (next(out.rglob("metrics.csv"))).read_text().splitlines()[0].split(",")
     assert {"kd/gt", "kd/out_teacher", "kd/codebook", "kd/kl", "kd/teacher"} <= set(logged)
-    assert next(out.glob("mcz/*.unicompress_student.mcz")).stat().st_size > 0
+    # The student's file decodes in another process to the image the run measured.
+    mcz = next(out.glob("mcz/*.unicompress_student.mcz"))
+    d = subprocess.run([sys.executable, "-m", "medcomp.cli", "decompress", str(mcz), str(tmp_path / "student.npy")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert d.returncode == 0, d.stderr[-2000:]
+    original, decoded = np.load(teacher_run["volume"]), np.load(tmp_path / "student.npy")
+    assert decoded.shape == original.shape and decoded.dtype == original.dtype
+    from medcomp.metrics import psnr
+
+    assert psnr(original, decoded) == pytest.approx(metrics["summary"]["unicompress_student"]["psnr"], abs=1e-6)
 
 
 def test_student_needs_a_teacher(tmp_path):
@@ -231,8 +241,8 @@ def test_nokd_student_runs_without_a_teacher(tmp_path):
 def test_collapsed_siren_is_restarted_with_half_the_hidden_w0(tmp_path, teacher_run):
     """A hidden w0 far too large leaves the output near-constant; the fit restarts that SIREN with half of it, and the
     file records the w0 the weights were fitted with (the decoder uses it)."""
-    from medcomp.codecs.base import decode_container
     from medcomp.codecs.container import read_container
+    from medcomp.codecs.registry import decode_container
 
     r = _run(tmp_path, "model=unicompress", *VOLUME_ARGS, f"data.path={teacher_run['volume']}", "model.fit_steps=12",
              "model.w0_hidden=3000", "model.collapse_check_every=2", "logger=none")

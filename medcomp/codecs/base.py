@@ -1,9 +1,10 @@
-"""One interface for every codec, classical or learned, and the registry the CLI and configs use."""
+"""The one interface every codec implements, classical or learned, and the ``.mcz`` header they all write.
+
+Which codecs exist is said by ``conf/codec/*.yaml`` (see :mod:`medcomp.codecs.registry`)."""
 
 from __future__ import annotations
 
 import math
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
@@ -11,9 +12,8 @@ import numpy as np
 
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image
-from medcomp.errors import CorruptFileError, MedcompError
+from medcomp.errors import CorruptFileError
 from medcomp.target import Target
-from medcomp.utils.memory import check_fits
 
 
 class Codec(ABC):
@@ -23,6 +23,10 @@ class Codec(ABC):
     # DICOM's LossyImageCompressionMethod term for what this codec does (PS3.3 C.7.6.1.1.5.1); codecs without a
     # standard term (the learned ones) use their own name, upper case.
     dicom_method: str = ""
+    # How a codec comes by its network, for the CLI's --ckpt / --override: ``trained`` codecs code with a weights
+    # file (CAL-VAE, RNN-Conv), ``fitted`` ones fit a network to each image as they encode (SIREN, UniCompress).
+    trained: bool = False
+    fitted: bool = False
 
     @abstractmethod
     def encode(self, image: Image, target: Target) -> Container: ...
@@ -143,122 +147,7 @@ def split_planes(container: Container) -> list[bytes]:
     return [stream[int(e - n) : int(e)] for n, e in zip(lengths, ends)]
 
 
-CODECS: dict[str, Callable[[], Codec]] = {}
-
-
-def register(name: str):
-    def wrap(factory):
-        CODECS[name] = factory
-        return factory
-
-    return wrap
-
-
-LEARNED: set[str] = set()
-
-
-def register_learned(name: str, decode: Callable[[Container], np.ndarray]) -> None:
-    """Registry entry for a learned codec: decoding is self-contained; encoding fits the model through the Hydra
-    pipeline (``model=<name>``), the same path as run.py."""
-
-    class LearnedCodec(Codec):
-        def encode(self, image: Image, target: Target) -> Container:
-            from medcomp.pipeline import encode_learned
-
-            return encode_learned(name, image, target)
-
-        def decode(self, container: Container) -> np.ndarray:
-            return decode(container)
-
-    LearnedCodec.name = name
-    LEARNED.add(name)
-    register(name)(LearnedCodec)
-
-
-def learned_codecs() -> set[str]:
-    _load_builtin_codecs()
-    return set(LEARNED)
-
-
-def is_learned(name: str) -> bool:
-    """Whether ``name`` is fitted through the pipeline (imports only that codec's module)."""
-    _load_builtin_codecs(name)
-    return name in LEARNED
-
-
-def trained_codecs() -> set[str]:
-    """Codecs that code with a trained network's weights file (``--ckpt``)."""
-    _load_builtin_codecs()
-    return {n for n in CODECS if is_trained(n)}
-
-
-def is_trained(name: str) -> bool:
-    _load_builtin_codecs(name)
-    # Only medcomp.models.codec2d registers trained codecs; not imported yet means none is registered.
-    codec2d = sys.modules.get("medcomp.models.codec2d")
-    factory = CODECS.get(name)
-    return codec2d is not None and isinstance(factory, type) and issubclass(factory, codec2d.TrainedCodec)
-
-
-def get_codec(name: str, **kwargs) -> Codec:
-    _load_builtin_codecs(name)
-    if name not in CODECS:
-        _load_builtin_codecs()  # for the list in the message
-        raise MedcompError(f"unknown codec '{name}' (available: {', '.join(sorted(CODECS))})")
-    return CODECS[name](**kwargs)
-
-
-def available_codecs() -> list[str]:
-    _load_builtin_codecs()
-    return sorted(CODECS)
-
-
-# The module whose @register names each built-in codec. Imported on first use of that name, so a JPEG 2000
-# compress or `medcomp info` does not import CompressAI, Lightning or the models (seconds per CLI call).
-_BUILTIN_MODULES = {
-    "jpeg": "medcomp.codecs.classical", "jpeg2000": "medcomp.codecs.classical", "jpegxl": "medcomp.codecs.classical",
-    "jpegls": "medcomp.codecs.classical", "h264": "medcomp.codecs.video", "hevc": "medcomp.codecs.video",
-    "cal_vae": "medcomp.models.cal_vae", "rnn_conv": "medcomp.models.rnn_conv", "siren": "medcomp.models.siren",
-    "unicompress": "medcomp.models.unicompress",
-}
-
-
-def _load_builtin_codecs(name: str | None = None):
-    """Import the module that registers ``name`` (all built-in codec modules when None)."""
-    import importlib
-
-    if name is not None and name in CODECS:
-        return
-    for module in ([_BUILTIN_MODULES[name]] if name in _BUILTIN_MODULES else
-                   sorted(set(_BUILTIN_MODULES.values())) if name is None else []):
-        importlib.import_module(module)
-
-
 MAX_DECODED_VOXELS = 1 << 32  # a header asking for more is corrupt, not a reason to allocate terabytes
-
-
-def decode_container(container: Container, **kwargs) -> Image:
-    """Decode with the codec the file names. A file whose CRC is right but whose header or payload does not fit
-    its codec (hand-edited, or written by a buggy encoder) gives a CorruptFileError, never another exception."""
-    header = check_header(container.header)
-    shape = header["shape"]
-    # the decoded array, its float working slab and the writer's copy
-    check_fits(math.prod(shape) * np.dtype(header["dtype"]).itemsize * 3, ".mcz header",
-               f"decoding a {shape} {np.dtype(header['dtype']).name} image")
-    codec = get_codec(container.codec, **kwargs)
-    try:
-        array = codec.decode(container)
-    except MedcompError:
-        raise
-    except MemoryError as exc:
-        raise CorruptFileError(f".mcz payload of codec {container.codec!r} asks for more memory than there is") from exc
-    except Exception as exc:  # noqa: BLE001 — any other failure means the header and payload do not agree
-        raise CorruptFileError(f".mcz payload does not decode as {container.codec!r} "
-                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
-    expected = tuple(shape)
-    if array.shape != expected:
-        raise MedcompError(f"decoded shape {array.shape} differs from the header's {expected}: corrupt .mcz")
-    return image_from_header(header, array, container.codec)
 
 
 def search_knob(size_of: Callable[[float], int], target_bytes: float, lo: float, hi: float, *,

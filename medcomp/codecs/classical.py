@@ -13,7 +13,6 @@ from medcomp.codecs.base import (
     Codec,
     image_header,
     join_planes,
-    register,
     search_knob,
     split_planes,
 )
@@ -57,7 +56,6 @@ class SliceCodec(Codec):
         return from_unsigned(coded, header["mapping"], header["dtype"])
 
 
-@register("jpeg")
 class JPEG(SliceCodec):
     """Baseline-process JPEG with 12-bit samples (libjpeg-turbo); quality 1..100."""
 
@@ -71,7 +69,6 @@ class JPEG(SliceCodec):
         return imagecodecs.jpeg8_decode(data)
 
 
-@register("jpeg2000")
 class JPEG2000(SliceCodec):
     """OpenJPEG, irreversible 9/7 wavelet. imagecodecs' ``level`` is a target PSNR in dB, not a rate."""
 
@@ -85,7 +82,6 @@ class JPEG2000(SliceCodec):
         return imagecodecs.jpeg2k_decode(data)
 
 
-@register("jpegxl")
 class JPEGXL(SliceCodec):
     """libjxl at 16 bits; the knob is the Butteraugli distance (larger = smaller file)."""
 
@@ -99,7 +95,6 @@ class JPEGXL(SliceCodec):
         return imagecodecs.jpegxl_decode(data)
 
 
-@register("jpegls")
 class JPEGLS(SliceCodec):
     """CharLS near-lossless; the knob is NEAR (max absolute error in coded units). Lossless at NEAR=0, so it
     reaches only modest ratios: at a high target it returns its largest NEAR and reports the actual ratio."""

@@ -1,4 +1,4 @@
-"""The ``.mcz`` container: one self-describing file per compressed image (DESIGN.md).
+"""The ``.mcz`` container: one self-describing file per compressed image (README, Conventions).
 
 Layout (little endian)::
 

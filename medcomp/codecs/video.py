@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from medcomp.codecs.base import Codec, image_header, register, search_knob
+from medcomp.codecs.base import Codec, image_header, search_knob
 from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
@@ -114,7 +114,6 @@ class VideoCodec(Codec):
         return from_unsigned(coded, header["mapping"], header["dtype"])
 
 
-@register("h264")
 class H264(VideoCodec):
     name, encoder, decoder, pix_fmt, bits = "h264", "libx264", "h264", "gray10le", 10
     dicom_method = "ISO_14496_10"
@@ -124,7 +123,6 @@ class H264(VideoCodec):
         return nal_header & 0x1F == 6
 
 
-@register("hevc")
 class HEVC(VideoCodec):
     name, encoder, decoder, pix_fmt, bits = "hevc", "libx265", "hevc", "gray12le", 12
     dicom_method = "ISO_23008_2"

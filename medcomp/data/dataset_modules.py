@@ -196,8 +196,9 @@ class DatasetDataModule:
         listed = list_cases(self.name, self.root, **self.list_options)
         return split_cases(listed, split or self.split, **self.split_args)
 
-    def view_for(self, model) -> L.LightningDataModule:
-        if getattr(model, "is_classifier", False):
+    def view_for(self, task: str) -> L.LightningDataModule:
+        """The data as ``task`` (run.py's ``task``: compress, classify, pretrain) takes it."""
+        if task == "classify":
             return self.classification_view()
         return self.codec_view()
 

@@ -1,4 +1,4 @@
-"""Rate from the bytes of the file, never from a likelihood (DESIGN.md)."""
+"""Rate from the bytes of the file, never from a likelihood (README, Conventions)."""
 
 from __future__ import annotations
 

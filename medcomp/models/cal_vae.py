@@ -25,7 +25,7 @@ with warnings.catch_warnings():  # compressai 1.2.8 scripts a helper with torch.
     from compressai.entropy_models import EntropyBottleneck
     from compressai.layers import GDN
 
-from medcomp.models.codec2d import ImageCodecModule, register_trained
+from medcomp.models.codec2d import ImageCodecModule
 from medcomp.nn.wavelet import haar_dwt, haar_idwt
 
 # Rough λ for a target bpp (CompressAI's MSE ladder, q1..q6 and beyond). Only the trained operating point; the
@@ -173,6 +173,3 @@ class CalVAE(ImageCodecModule):
         m = self.entropy._get_medians()
         y = (self.entropy.decompress([data], size) - m) * q + m
         return self.decode_latent(y)[0, 0]
-
-
-register_trained("cal_vae")

@@ -19,9 +19,6 @@ log = logging.getLogger("medcomp")
 
 
 class ClassifierModule(L.LightningModule):
-    is_codec = False
-    is_classifier = True
-
     def __init__(self):
         super().__init__()
         self._outputs: dict[str, list] = {"val": [], "test": []}

@@ -12,7 +12,6 @@ decoding refuses any other weights.
 from __future__ import annotations
 
 import hashlib
-import importlib
 from pathlib import Path
 
 import lightning as L
@@ -20,15 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcomp.codecs.base import (
-    Codec,
-    get_codec,
-    image_header,
-    join_planes,
-    register,
-    search_knob,
-    split_planes,
-)
+from medcomp.codecs.base import Codec, image_header, join_planes, search_knob, split_planes
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image, restore_dtype
 from medcomp.errors import MedcompError
@@ -36,13 +27,6 @@ from medcomp.target import Target
 
 WEIGHTS_FORMAT = "medcomp-codec-weights/1"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-# name → LightningModule class. A fixed table, so a weights file can never name code to import.
-MODULES = {"cal_vae": "medcomp.models.cal_vae.CalVAE", "rnn_conv": "medcomp.models.rnn_conv.RNNConv"}
-
-
-def module_class(name: str):
-    module, cls = MODULES[name].rsplit(".", 1)
-    return getattr(importlib.import_module(module), cls)
 
 
 class ImageCodecModule(L.LightningModule):
@@ -90,20 +74,31 @@ class ImageCodecModule(L.LightningModule):
             torch.save(payload, tmp)
         return path
 
+    def as_codec(self) -> TrainedCodec:
+        """This network, trained, as a codec: its weights file is saved in the run directory (``output_dir``, set
+        by the fit) and the codec codes with the module in memory, as ``medcomp compress --ckpt`` would."""
+        if getattr(self, "_codec", None) is None:
+            path = self.save_weights(Path(self.output_dir) / "checkpoints" / f"{self.codec_name}.pt",
+                                     made_by=self.made_by)
+            self.eval()
+            self.prepare_coding()
+            self._codec = TrainedCodec.holding(self, path)
+        return self._codec
+
     def export(self) -> list[Container]:
-        """run.py: save the trained weights in the run directory (``output_dir``, set by the pipeline) and encode
-        the data module's evaluation images with them, exactly as ``medcomp compress --ckpt`` would."""
-        path = self.save_weights(Path(self.output_dir) / "checkpoints" / f"{self.codec_name}.pt", made_by=self.made_by)
-        self.weights_path = path
-        codec = get_codec(self.codec_name, ckpt=path)
+        """run.py: encode the data module's evaluation images with the trained weights."""
+        codec = self.as_codec()
         return [codec.encode(image, self.target) for image in self.trainer.datamodule.images]
 
     output_dir = "."
     made_by = ""
 
 
-def load_weights(path: str | Path, expect: str | None = None) -> tuple[ImageCodecModule, str, dict]:
-    """(module in eval mode ready to code, sha256 of the file, payload metadata). Loaded with weights_only=True."""
+def load_weights(path: str | Path, expect: str | None = None,
+                 module_class: type[ImageCodecModule] | None = None) -> tuple[ImageCodecModule, str, dict]:
+    """(module in eval mode ready to code, sha256 of the file, payload metadata). Loaded with weights_only=True.
+    ``expect``: the codec the weights must be for; ``module_class``: its LightningModule (default: the one its
+    ``conf/codec`` entry names — a weights file only ever names a registered trained codec, never code to import)."""
     path = Path(path)
     if not path.is_file():
         raise MedcompError(f"{path}: weights file not found")
@@ -113,11 +108,20 @@ def load_weights(path: str | Path, expect: str | None = None) -> tuple[ImageCode
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise MedcompError(f"{path}: not a loadable weights file ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT or payload.get("model") not in MODULES:
+    from medcomp.codecs.registry import trained_codecs
+
+    if (not isinstance(payload, dict) or payload.get("format") != WEIGHTS_FORMAT
+            or payload.get("model") not in trained_codecs()):
         raise MedcompError(f"{path}: not a medcomp codec weights file (format {WEIGHTS_FORMAT})")
     if expect and payload["model"] != expect:
         raise MedcompError(f"{path}: weights are for codec '{payload['model']}', not '{expect}'")
-    module = module_class(payload["model"])(**payload["hparams"])
+    if module_class is None:
+        from hydra.utils import get_class
+
+        from medcomp.codecs.registry import codec_config
+
+        module_class = get_class(codec_config(payload["model"]).module)
+    module = module_class(**payload["hparams"])
     module.load_state_dict(payload["state_dict"])
     module.eval()
     module.prepare_coding()
@@ -136,18 +140,31 @@ def normalise(array: np.ndarray) -> tuple[np.ndarray, dict]:
 
 
 class TrainedCodec(Codec):
-    """A trained network as a codec. ``ckpt``: its weights file (default: the one shipped in medcomp/assets)."""
+    """A trained network as a codec. ``name``: the codec; ``module``: its LightningModule class (dotted path);
+    ``ckpt``: its weights file (default: the one shipped in medcomp/assets)."""
 
-    def __init__(self, ckpt: str | Path | None = None):
-        self.ckpt = Path(ckpt) if ckpt else default_weights(self.name)
+    trained = True
+
+    def __init__(self, name: str, module: str, ckpt: str | Path | None = None):
+        self.name, self.module_path = name, module
+        self.ckpt = Path(ckpt) if ckpt else default_weights(name)
         self._loaded = None
+
+    @classmethod
+    def holding(cls, module: ImageCodecModule, ckpt: Path) -> TrainedCodec:
+        """The codec of a module just trained in this process (its weights saved to ``ckpt``), kept in memory."""
+        codec = cls(module.codec_name, f"{type(module).__module__}.{type(module).__qualname__}", ckpt)
+        codec._loaded = (module, hashlib.sha256(Path(ckpt).read_bytes()).hexdigest())
+        return codec
 
     def module(self) -> tuple[ImageCodecModule, str]:
         if self._loaded is None:
             if self.ckpt is None:
                 raise MedcompError(f"codec '{self.name}' needs trained weights: pass --ckpt WEIGHTS.pt "
                                    f"(run.py model={self.name} writes checkpoints/{self.name}.pt)")
-            module, sha, _ = load_weights(self.ckpt, expect=self.name)
+            from hydra.utils import get_class
+
+            module, sha, _ = load_weights(self.ckpt, self.name, get_class(self.module_path))
             self._loaded = (module, sha)
         return self._loaded
 
@@ -203,6 +220,3 @@ def _pad(plane: torch.Tensor, stride: int) -> torch.Tensor:
     x = plane[None, None]
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
-
-def register_trained(name: str) -> None:
-    register(name)(type(f"{name}_codec", (TrainedCodec,), {"name": name}))

@@ -26,7 +26,6 @@ def augment(x: torch.Tensor, noise: float, shift: int) -> torch.Tensor:
 
 
 class FeaturePretrain(L.LightningModule):
-    is_codec = False  # run.py saves the extractor instead of writing .mcz files
     def __init__(self, dims: int = 2, in_size: int = 32, width: int = 16, out_dim: int = 128, grid: int = 2,
                  projector_dim: int = 256, lr: float = 1e-3, noise: float = 0.05, shift: int = 2,
                  off_diagonal_weight: float = 5e-3, fit_steps: int = 600, save_to: str | None = None, target=None):

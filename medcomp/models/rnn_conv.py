@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medcomp.errors import CorruptFileError
-from medcomp.models.codec2d import ImageCodecModule, register_trained
+from medcomp.models.codec2d import ImageCodecModule
 from medcomp.nn.conv_rnn import Binarizer, ConvLSTMCell, PyramidPooling
 
 
@@ -103,6 +103,3 @@ class RNNConv(ImageCodecModule):
             delta, dec_states = self.decode_step(codes[i], dec_states)
             recon = recon + delta
         return ((recon + 1) / 2)[0, 0]
-
-
-register_trained("rnn_conv")

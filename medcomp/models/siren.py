@@ -8,7 +8,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from medcomp.codecs.base import image_header, register_learned
+from medcomp.codecs.base import Codec, image_header
 from medcomp.codecs.container import Container
 from medcomp.codecs.quantize import dequantize, fill_budget, pack_symbols, quantize, top_for_bits, unpack_symbols
 from medcomp.data.blocks import BlockLayout, assemble_blocks
@@ -106,6 +106,12 @@ class SirenCodec(BuiltInSetup, L.LightningModule):
         self.log("train/psnr_norm", 10 * torch.log10(4.0 / loss.detach()), prog_bar=True)
         return loss
 
+    def as_codec(self) -> Codec:
+        """The codec that decodes what :meth:`export` writes (decoding needs only the file)."""
+        from medcomp.codecs.registry import get_codec
+
+        return get_codec("siren")
+
     def export(self) -> list[Container]:
         """One container per image: weights rounded to ``weight_dtype``, or quantised with the most levels that fit."""
         dm = self.data
@@ -160,5 +166,3 @@ def decode_siren(container: Container, chunk_points: int = 1 << 20) -> np.ndarra
 
     return assemble_blocks(layout, h["dtype"], chunks())
 
-
-register_learned("siren", decode_siren)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcomp.codecs.base import image_header, register_learned
+from medcomp.codecs.base import Codec, image_header
 from medcomp.codecs.container import Container
 from medcomp.codecs.quantize import dequantize, fill_budget, pack_symbols, quantize, top_for_bits, unpack_symbols
 from medcomp.data.blocks import BlockLayout, assemble_blocks
@@ -304,6 +304,12 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         return fill_budget(build, self.target.target_bytes(image), top_for_bits(hp.weight_bits_min),
                            top_for_bits(hp.weight_bits_max))
 
+    def as_codec(self) -> Codec:
+        """The codec that decodes what :meth:`export` writes (decoding needs only the file)."""
+        from medcomp.codecs.registry import get_codec
+
+        return get_codec(self.codec_name)
+
     @torch.no_grad()
     def export(self) -> list[Container]:
         dm = self.data
@@ -314,5 +320,3 @@ class UniCompress(BuiltInSetup, L.LightningModule):
                                                     self.quantizers[i].codebook, idx))
         return out
 
-
-register_learned("unicompress", decode_unicompress)

@@ -1,7 +1,7 @@
 """Block-Tensor-Train linear layer (CT-Lite's SFP head).
 
 Written here because no maintained library ships it: the BTT structure of Qiu et al. 2024 ("Compute Better Spent")
-as two batched matmuls, as DESIGN.md spells out. With d_in = m0·m1 and d_out = n0·n1:
+as two batched matmuls. With d_in = m0·m1 and d_out = n0·n1:
 
     x (B, m1, m0) ─ W1 (m1, m0, n0·r) ─▶ (B, m1, n0, r) ─ transpose ─▶ (B, n0, m1·r) ─ W2 (n0, m1·r, n1) ─▶ (B, n0·n1)
 

@@ -14,7 +14,7 @@ from torch import nn
 
 
 def siren_param_count(width: int, depth: int, in_dim: int, out_dim: int = 1) -> int:
-    """Parameters of one SIREN with ``depth`` linear layers: (L−2)h² + (in+L−1+out)h + out (DESIGN.md)."""
+    """Parameters of one SIREN with ``depth`` linear layers: (L−2)h² + (in+L−1+out)h + out."""
     return (depth - 2) * width * width + (in_dim + depth - 1 + out_dim) * width + out_dim
 
 

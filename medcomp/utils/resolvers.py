@@ -1,4 +1,4 @@
-"""OmegaConf resolvers the configs use (registered on import, by run.py and by medcomp.pipeline.compose)."""
+"""OmegaConf resolvers the configs use (registered on import, by run.py and by medcomp.config.compose)."""
 
 from __future__ import annotations
 

@@ -49,3 +49,23 @@ def finish_wandb(exit_code: int = 0) -> None:
 
     if wandb.run is not None:
         wandb.finish(exit_code=exit_code)
+
+
+def wandb_loggers(loggers: list) -> list:
+    """The run's W&B loggers (Lightning's WandbLogger), for what only W&B keeps: images, tables, artifacts."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    return [lg for lg in loggers if isinstance(lg, WandbLogger)]
+
+
+def log_files(logger, name: str, kind: str, paths: list) -> None:
+    """Files as one W&B artifact of the logger's run (offline runs keep it for `wandb sync`)."""
+    import wandb
+
+    files = [Path(p) for p in paths if Path(p).is_file()]
+    if not files:
+        return
+    art = wandb.Artifact(f"{name}-{logger.experiment.id}", type=kind)
+    for p in files:
+        art.add_file(str(p))
+    logger.experiment.log_artifact(art)

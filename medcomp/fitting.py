@@ -1,0 +1,60 @@
+"""Fit the configured model on the configured data: the one training path of run.py's tasks and of the fitted
+codecs (SIREN, UniCompress), which call it in-process for each image they encode."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from medcomp.config import target_from_cfg
+from medcomp.data.image import Image
+from medcomp.target import Target
+
+
+@dataclass
+class Fitted:
+    model: object        # the LightningModule, fitted
+    datamodule: object
+    trainer: object
+    seconds: float
+
+
+def fit(cfg: DictConfig, images: list[Image] | None = None, target: Target | None = None,
+        loggers: list | None = None, extra_callbacks: list | None = None, top_level: bool = True) -> Fitted:
+    """Instantiate data, model and trainer from ``cfg`` and fit. ``images``: fit on these instead of the data
+    config's files; ``target``: instead of ``cfg.compression``'s. ``top_level``: this is the run itself (resume, multirun × DDP), not a codec's fit inside it."""
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from medcomp import runtime
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    target = target or target_from_cfg(cfg.compression)
+    # _partial_: real Image objects must not be turned into DictConfigs by instantiate
+    dm = instantiate(cfg.data, _partial_=True)(images=images) if images is not None else instantiate(cfg.data)
+    # _convert_="all": plain lists/dicts in hparams, so checkpoints load with torch.load(weights_only=True)
+    model = instantiate(cfg.model, _partial_=True, _convert_="all")(target=target)
+    if hasattr(dm, "view_for"):  # data=<dataset>: codecs get images as blocks, classifiers labelled batches
+        dm = dm.view_for(cfg.get("task", "compress"))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    callbacks += extra_callbacks or []
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    if top_level:  # a codec's fit inside a run joins the run's process group as it is
+        runtime.this_job_only(cfg)
+    ckpt = runtime.resume_checkpoint(cfg) if top_level else None
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+    seconds = time.perf_counter() - t0
+    model.output_dir, model.made_by = cfg.paths.output_dir, runtime.command_line()
+    if getattr(model, "_trainer", None) is None:  # ddp_spawn detaches the main process's model at teardown
+        model.trainer = trainer
+        if hasattr(model, "restore_spawned_fit"):
+            model.restore_spawned_fit(dm)
+
+    if not trainer.fast_dev_run and cfg.get("save_final_checkpoint", True):
+        # The fitted model, for a later stage (e.g. the UniCompress teacher a student distils from).
+        trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt", weights_only=False)
+    return Fitted(model, dm, trainer, seconds)

@@ -1,0 +1,37 @@
+"""What ``python run.py`` does, by the config's ``task`` (set by the model's YAML):
+
+- ``compress``: fit the model, write one ``.mcz`` per image, decode it, measure, beside the baselines;
+- ``classify``: fit a diagnosis model, test the one the validation split selected;
+- ``pretrain``: fit a feature extractor and save it.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from medcomp.errors import MedcompError
+
+TASKS = {"compress": "medcomp.tasks.compress", "classify": "medcomp.tasks.classify",
+         "pretrain": "medcomp.tasks.pretrain"}
+
+
+def run_task(cfg: DictConfig) -> dict:
+    """The run. Returns the metrics dict that is also written to ``metrics.json`` (empty on ranks > 0)."""
+    import importlib
+
+    task = cfg.get("task", "compress")
+    if task not in TASKS:
+        raise MedcompError(f"task={task} is not one of {', '.join(TASKS)}")
+    return importlib.import_module(TASKS[task]).run(cfg)
+
+
+def start_loggers(cfg: DictConfig) -> list:
+    """The configured Lightning loggers, with the whole resolved config as their hyperparameters."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
+    config_plain = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(config_plain)
+    return loggers
