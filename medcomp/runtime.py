@@ -104,3 +104,15 @@ def machine() -> dict:
     import platform
 
     return {"node": platform.node(), "python": platform.python_version(), "cpu_count": usable_cpus()}
+
+
+def start_loggers(cfg: DictConfig) -> list:
+    """The configured Lightning loggers, with the whole resolved config as their hyperparameters."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
+    config_plain = OmegaConf.to_container(cfg, resolve=True)
+    for lg in loggers:
+        lg.log_hyperparams(config_plain)
+    return loggers

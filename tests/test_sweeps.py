@@ -149,9 +149,9 @@ def test_sigkill_then_resume_auto_gives_the_uninterrupted_metrics(tmp_path):
 
 def test_checkpoints_are_written_then_renamed(tmp_path, monkeypatch):
     """A failure while a checkpoint is written leaves the previous one intact and no temporary file."""
-    from medcomp.utils.atomic import atomic_checkpoint_io
+    from medcomp.utils.checkpoint_io import AtomicCheckpointIO
 
-    io = atomic_checkpoint_io()
+    io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"step": 1}, path)
     import lightning.fabric.utilities.cloud_io as cloud_io

@@ -23,15 +23,3 @@ def run_task(cfg: DictConfig) -> dict:
     if task not in TASKS:
         raise MedcompError(f"task={task} is not one of {', '.join(TASKS)}")
     return importlib.import_module(TASKS[task]).run(cfg)
-
-
-def start_loggers(cfg: DictConfig) -> list:
-    """The configured Lightning loggers, with the whole resolved config as their hyperparameters."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
-    config_plain = OmegaConf.to_container(cfg, resolve=True)
-    for lg in loggers:
-        lg.log_hyperparams(config_plain)
-    return loggers

@@ -11,7 +11,6 @@ from omegaconf import DictConfig
 
 from medcomp import runtime
 from medcomp.fitting import fit
-from medcomp.tasks import start_loggers
 from medcomp.utils.atomic import atomic_write_text
 from medcomp.utils.wandb import log_files, wandb_loggers
 
@@ -21,7 +20,7 @@ def run(cfg: DictConfig) -> dict:
 
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loggers = start_loggers(cfg)
+    loggers = runtime.start_loggers(cfg)
     fitted = fit(cfg, loggers=loggers)
     model, dm, trainer = fitted.model, fitted.datamodule, fitted.trainer
     if not trainer.is_global_zero:  # under DDP only rank zero writes files and logs results

@@ -19,7 +19,6 @@ from medcomp.config import target_from_cfg
 from medcomp.data.image import Image
 from medcomp.evaluation import aggregate, evaluate
 from medcomp.fitting import fit
-from medcomp.tasks import start_loggers
 from medcomp.utils.atomic import atomic_write_bytes, atomic_write_text
 from medcomp.utils.wandb import log_files, wandb_loggers
 
@@ -37,7 +36,7 @@ def run(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = target_from_cfg(cfg.compression)
-    loggers = start_loggers(cfg)
+    loggers = runtime.start_loggers(cfg)
     fitted = fit(cfg, loggers=loggers)
     model, images = fitted.model, fitted.datamodule.images
     baselines = baseline_codecs(cfg)

@@ -7,15 +7,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from medcomp import runtime
 from medcomp.fitting import fit
-from medcomp.tasks import start_loggers
 from medcomp.utils.atomic import atomic_write_text
 
 
 def run(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fitted = fit(cfg, loggers=start_loggers(cfg))
+    fitted = fit(cfg, loggers=runtime.start_loggers(cfg))
     if not fitted.trainer.is_global_zero:
         return {}
     saved = fitted.model.export()

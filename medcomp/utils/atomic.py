@@ -59,12 +59,3 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_checkpoint_io():
-    """Lightning's checkpoint writer, made write-then-rename (Lightning writes the file in place: a kill during the
-    write would leave a truncated last.ckpt that resume=auto then trips over). The class lives in its own module so
-    that ddp_spawn can pickle it, and this module stays free of Lightning for the CLI."""
-    from medcomp.utils.checkpoint_io import AtomicCheckpointIO
-
-    return AtomicCheckpointIO()

@@ -1,4 +1,6 @@
-"""Write-then-rename checkpoints for Lightning (see :func:`medcomp.utils.atomic.atomic_checkpoint_io`)."""
+"""Lightning's checkpoint writer, made write-then-rename: Lightning writes the file in place, and a kill during the
+write would leave a truncated last.ckpt that resume=auto then trips over. Its own module (not utils/atomic.py) so
+that the CLI never imports Lightning; a class at module level so that ddp_spawn can pickle it."""
 
 from lightning.fabric.utilities import cloud_io
 from lightning.pytorch.plugins.io import TorchCheckpointIO
