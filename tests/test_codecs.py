@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 
-from medcomp.codecs.base import search_knob
 from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.codecs.registry import decode_container, get_codec
 from medcomp.data.image import Image
 from medcomp.metrics import psnr
-from medcomp.target import Target
+from medcomp.target import Target, fit_to_budget
 from tests.conftest import smooth_volume
 
 CT = Image(smooth_volume((64, 72), dtype=np.int16, lo=-1024, hi=3000), (0.7, 0.7), name="ct")
@@ -29,7 +28,7 @@ def round_trip(codec_name, image, target):
 def test_rate_controlled_codecs_hit_the_ratio(codec, image):
     data, decoded = round_trip(codec, image, Target(ratio=12))
     assert decoded.array.dtype == image.array.dtype and decoded.array.shape == image.array.shape
-    assert image.nbytes / len(data) == pytest.approx(12, rel=0.08)
+    assert 12 <= image.nbytes / len(data) < 12 * 1.08  # a ceiling on the bytes, close to it
     assert psnr(image.array, decoded.array) > 30
     if image.spacing:
         assert decoded.spacing == image.spacing
@@ -39,7 +38,7 @@ def test_rate_controlled_codecs_hit_the_ratio(codec, image):
 def test_limited_range_codecs_round_trip(codec):
     data, decoded = round_trip(codec, CT, Target(ratio=6))
     assert decoded.array.dtype == np.int16
-    assert image_ratio(CT, data) == pytest.approx(6, rel=0.05)  # integer quality / NEAR steps: 6.03 and 5.96 here
+    assert 6 <= image_ratio(CT, data) < 6 * 1.1  # integer quality / NEAR steps: the highest quality that fits
     assert psnr(CT.array, decoded.array) > 35
 
 
@@ -56,7 +55,7 @@ def test_jpegls_near_zero_is_lossless():
 
 def test_bpp_target():
     data, _ = round_trip("jpeg2000", CT, Target(bpp=1.0))
-    assert 8 * len(data) / CT.array.size == pytest.approx(1.0, rel=0.08)
+    assert 0.92 < 8 * len(data) / CT.array.size <= 1.0
 
 
 def test_mapping_is_exact_for_integer_data_that_fits():
@@ -68,10 +67,15 @@ def test_mapping_is_exact_for_integer_data_that_fits():
     assert np.abs(from_unsigned(coded12, mapping12) - CR16.array).max() <= mapping12["scale"] / 2 + 1e-9
 
 
-def test_search_knob_finds_closest():
-    sizes = lambda k: int(1000 * k)  # noqa: E731
-    assert search_knob(sizes, 4321, 0.0, 10.0, increasing=True) == pytest.approx(4.321, abs=0.01)
-    assert search_knob(lambda k: 100 - k, 60, 0, 100, increasing=False, integer=True) == 40
+def test_fit_to_budget_takes_the_largest_output_that_fits():
+    """The one rate control: a ceiling. Real knobs by bisection, integer ones exactly; the smallest output's knob
+    when nothing fits."""
+    assert fit_to_budget(lambda k: int(k * 1000), 4321, 0.0, 10.0) == pytest.approx(4.321, abs=0.001)
+    assert int(fit_to_budget(lambda k: int(k * 1000), 4321, 0.0, 10.0) * 1000) <= 4321
+    assert fit_to_budget(lambda k: 100 - k, 60, 0, 100, increasing=False, integer=True) == 40
+    assert fit_to_budget(lambda k: 3 * k, 61, 1, 95, integer=True) == 20  # 60 fits, 63 does not
+    assert fit_to_budget(lambda k: 100 - k, 5, 0, 90, increasing=False, integer=True) == 90  # nothing fits
+    assert fit_to_budget(lambda k: k, 1e9, 1, 95, integer=True) == 95  # everything fits
 
 
 def test_unknown_codec():

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 
 import numpy as np
 
@@ -148,40 +147,3 @@ def split_planes(container: Container) -> list[bytes]:
 
 
 MAX_DECODED_VOXELS = 1 << 32  # a header asking for more is corrupt, not a reason to allocate terabytes
-
-
-def search_knob(size_of: Callable[[float], int], target_bytes: float, lo: float, hi: float, *,
-                increasing: bool, integer: bool = False, iterations: int = 18):
-    """Bisection on a codec's quality knob so that the encoded size meets ``target_bytes``.
-
-    ``size_of(knob)`` returns the encoded size; it must be monotone in the knob (``increasing`` says which way).
-    Returns the knob whose size is closest to the target in log ratio. Every classical codec uses this, because
-    none of them exposes "give me exactly N bytes".
-    """
-    best = None
-    cache: dict[float, int] = {}
-
-    def probe(k):
-        k = round(k) if integer else k
-        if k not in cache:
-            cache[k] = size_of(k)
-        return k, cache[k]
-
-    for _ in range(iterations):
-        mid = (lo + hi) / 2.0
-        k, size = probe(mid)
-        err = abs(math.log(max(size, 1) / target_bytes))
-        if best is None or err < best[2]:
-            best = (k, size, err)
-        if (size < target_bytes) == increasing:
-            lo = mid
-        else:
-            hi = mid
-        if integer and hi - lo <= 1:
-            for edge in (lo, hi):
-                k, size = probe(edge)
-                err = abs(math.log(max(size, 1) / target_bytes))
-                if err < best[2]:
-                    best = (k, size, err)
-            break
-    return best[0]

@@ -13,13 +13,12 @@ from medcomp.codecs.base import (
     Codec,
     image_header,
     join_planes,
-    search_knob,
     split_planes,
 )
 from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
-from medcomp.target import Target
+from medcomp.target import Target, fit_to_budget
 
 
 class SliceCodec(Codec):
@@ -42,7 +41,7 @@ class SliceCodec(Codec):
 
     def encode(self, image: Image, target: Target) -> Container:
         coded, mapping = to_unsigned(image.array, self.bits)
-        knob = search_knob(
+        knob = fit_to_budget(
             lambda k: len(self._container(image, coded, mapping, k).to_bytes()),
             target.target_bytes(image), self.knob_lo, self.knob_hi, increasing=self.increasing, integer=self.integer,
         )

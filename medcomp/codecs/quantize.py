@@ -8,6 +8,7 @@ import numpy as np
 
 from medcomp.codecs.entropy import MAX_ALPHABET, decode_symbols, encode_symbols, min_encoded_size
 from medcomp.errors import CorruptFileError
+from medcomp.target import fit_to_budget
 
 
 def top_for_bits(bits: int) -> int:
@@ -81,17 +82,13 @@ def _bitunpack(data: bytes) -> np.ndarray:
 
 
 def fill_budget(build, budget: float, lo: int, hi: int):
-    """``build(top)`` for the largest integer ``top`` in [lo, hi] whose file fits ``budget`` bytes, by bisection (the
+    """``build(top)`` for the largest integer ``top`` in [lo, hi] whose file fits ``budget`` bytes (the
     entropy-coded size grows with the number of levels). Width steps alone leave up to ~15 % of a budget unused; the
     quantiser's levels are the fine knob that fills it. Returns ``build(lo)`` when even that does not fit."""
-    best = build(lo)
-    if len(best.to_bytes()) > budget:
-        return best
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        c = build(mid)
-        if len(c.to_bytes()) <= budget:
-            lo, best = mid, c
-        else:
-            hi = mid - 1
-    return best
+    built = {}
+
+    def size(top):
+        built[top] = build(top)
+        return len(built[top].to_bytes())
+
+    return built[fit_to_budget(size, budget, lo, hi, integer=True)]

@@ -14,12 +14,12 @@ import re
 
 import numpy as np
 
-from medcomp.codecs.base import Codec, image_header, search_knob
+from medcomp.codecs.base import Codec, image_header
 from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
 from medcomp.errors import CorruptFileError
-from medcomp.target import Target
+from medcomp.target import Target, fit_to_budget
 
 PAD, MIN_SIDE = 8, 64
 START_CODE = re.compile(b"\x00\x00\x01")
@@ -83,8 +83,8 @@ class VideoCodec(Codec):
         def build(crf):
             return Container(self.name, {**header, "crf": crf}, {"stream": self._encode_frames(frames, crf)})
 
-        crf = search_knob(lambda c: len(build(c).to_bytes()), target.target_bytes(image), self.crf_lo, self.crf_hi,
-                          increasing=False, iterations=16)
+        crf = fit_to_budget(lambda c: len(build(c).to_bytes()), target.target_bytes(image), self.crf_lo, self.crf_hi,
+                            increasing=False, iterations=16)
         return build(crf)
 
     def decode(self, container: Container) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from medcomp.errors import MedcompError
-from medcomp.target import Target
+from medcomp.target import Target, fit_to_budget
 
 log = logging.getLogger("medcomp")
 
@@ -115,19 +115,19 @@ def jpeg_bytes(image: np.ndarray, quality: int) -> bytes:
 
 
 def jpeg_quality_for(images: np.ndarray, target: Target) -> tuple[int, float]:
-    """The JPEG quality (1…95) whose files come closest to ``target`` over ``images`` (log-distance of the
-    aggregate ratio, original uint8 bytes / JPEG file bytes). Returns (quality, ratio it gives)."""
+    """The JPEG quality (1…95) whose files meet ``target`` over ``images`` as every codec does (a ceiling: the
+    highest quality whose aggregate ratio, original uint8 bytes / JPEG file bytes, is at least the target's).
+    Returns (quality, ratio it gives)."""
     orig = images[0].size * len(images)
     goal = target.ratio if target.ratio is not None else 8.0 / target.bpp
-    best = None
-    for q in range(1, 96):
-        ratio = orig / sum(len(jpeg_bytes(im, q)) for im in images)
-        err = abs(np.log(ratio / goal))
-        if best is None or err < best[2]:
-            best = (q, ratio, err)
-        if ratio < goal:  # ratios only fall as quality rises
-            break
-    return best[0], best[1]
+    sizes = {}
+
+    def size(q):
+        sizes[q] = sum(len(jpeg_bytes(im, q)) for im in images)
+        return sizes[q]
+
+    quality = fit_to_budget(size, orig / goal, 1, 95, integer=True)
+    return quality, orig / sizes[quality]
 
 
 def jpeg_degrade(images: np.ndarray, quality: int) -> tuple[np.ndarray, int]:

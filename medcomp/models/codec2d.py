@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcomp.codecs.base import Codec, image_header, join_planes, search_knob, split_planes
+from medcomp.codecs.base import Codec, image_header, join_planes, split_planes
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image, restore_dtype
 from medcomp.errors import MedcompError
-from medcomp.target import Target
+from medcomp.target import Target, fit_to_budget
 
 WEIGHTS_FORMAT = "medcomp-codec-weights/1"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -182,16 +182,9 @@ class TrainedCodec(Codec):
                       "weights_file": self.ckpt.name}
             return Container(self.name, header, join_planes([module.stream(s, knob) for s in states]))
 
-        budget = target.target_bytes(image)
-        if module.knob_integer:  # RNN-Conv: the most iterations whose file still fits (at least one)
-            knob = int(module.knob_lo)
-            for k in range(int(module.knob_lo), int(module.knob_hi) + 1):
-                if len(container(k).to_bytes()) > budget:
-                    break
-                knob = k
-        else:
-            knob = search_knob(lambda k: len(container(k).to_bytes()), budget, module.knob_lo, module.knob_hi,
-                               increasing=module.knob_increasing)
+        # CAL-VAE: the latent step; RNN-Conv: the iteration count (at least one)
+        knob = fit_to_budget(lambda k: len(container(k).to_bytes()), target.target_bytes(image), module.knob_lo,
+                             module.knob_hi, increasing=module.knob_increasing, integer=module.knob_integer)
         return container(knob)
 
     def decode(self, container: Container) -> np.ndarray:
