@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from medcomp.bench import rd_benchmark, shared_data
-from medcomp.data.datamodule import center_crop, sample_files
+from medcomp.data.block_datamodules import center_crop, sample_files
 from medcomp.data.readers import read_image
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from medcomp.bench import machine, shared_data
 from medcomp.data.blocks import plan_blocks, split_blocks
-from medcomp.data.dataset_modules import case_transforms, monai_dataset
-from medcomp.data.datasets import list_cases
+from medcomp.data.catalogue import list_cases
+from medcomp.data.catalogue_datamodule import case_transforms, monai_dataset
 from medcomp.utils.atomic import atomic_path, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -39,7 +39,7 @@ from medcomp.bench import bd_metrics, earlier_result, machine, plot_rd, shared_d
 from medcomp.callbacks import FilePsnrTrace
 from medcomp.codecs.registry import decode_container, get_codec
 from medcomp.config import compose
-from medcomp.data.datamodule import center_crop
+from medcomp.data.block_datamodules import center_crop
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
 from medcomp.evaluation import evaluate

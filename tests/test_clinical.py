@@ -137,7 +137,7 @@ def dciodvfy_errors(path) -> list[str]:
 
 
 def test_decoded_ct_series_and_radiograph_are_valid_dicom(tmp_path):
-    from medcomp.data.datamodule import sample_files
+    from medcomp.data.block_datamodules import sample_files
 
     oblique_series(tmp_path / "ct")
     mcz = tmp_path / "ct.mcz"

@@ -9,7 +9,7 @@ import torch
 from medcomp.codecs.container import read_container
 from medcomp.codecs.registry import decode_container, get_codec, trained_codecs
 from medcomp.data.image import Image
-from medcomp.data.images import ImagesDataModule
+from medcomp.data.image_corpus import ImagesDataModule
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
 from medcomp.models.cal_vae import CalVAE
@@ -119,7 +119,7 @@ def test_cal_vae_step_tables_follow_the_target():
 
 @pytest.mark.skipif(default_weights("rnn_conv") is None, reason="no shipped RNN-Conv weights")
 def test_one_rnn_conv_checkpoint_serves_four_rates():
-    from medcomp.data.datamodule import center_crop, sample_files
+    from medcomp.data.block_datamodules import center_crop, sample_files
     from medcomp.metrics import psnr
 
     image = center_crop(read_image(sample_files(["693_UNCR.dcm"])[0]), 256)

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image as PILImage
 
 from medcomp.config import compose
-from medcomp.data.dataset_modules import DatasetDataModule
-from medcomp.data.datasets import CT_RATE_LABELS, NIH_LABELS, list_cases, split_cases
+from medcomp.data.catalogue import CT_RATE_LABELS, NIH_LABELS, list_cases, split_cases
+from medcomp.data.catalogue_datamodule import DatasetDataModule
 from medcomp.errors import MedcompError
 from medcomp.tasks import run_task
 

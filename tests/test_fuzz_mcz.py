@@ -65,7 +65,7 @@ def _real_files() -> list[bytes]:
     weights; SIREN and UniCompress written with random weights (a fit would add seconds and change nothing the
     decoder sees)."""
     from medcomp.data.blocks import plan_blocks
-    from medcomp.models.siren import siren_container
+    from medcomp.models.siren_codec import siren_container
     from medcomp.models.unicompress import siren_shapes, unicompress_container
     from medcomp.nn.siren import siren_param_count
 

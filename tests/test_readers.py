@@ -197,7 +197,7 @@ def test_nan_zero_range_and_dimensionality(tmp_path):
 
 
 def test_sample_images_are_real_and_keep_bit_depth():
-    from medcomp.data.datamodule import sample_files
+    from medcomp.data.block_datamodules import sample_files
 
     ct, mr, cr = (read_image(p) for p in sample_files(["693_UNCR.dcm", "MR2_UNCR.dcm", "RG1_UNCR.dcm"]))
     assert ct.array.dtype == np.int16 and ct.array.min() < -1000  # HU

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from medcomp.data.block_datamodules import denormalise, normalise_blocks
 from medcomp.data.blocks import assemble_blocks, plan_blocks, split_blocks
-from medcomp.data.datamodule import denormalise, normalise_blocks
 from medcomp.nn.siren import BatchedSiren, grid_coordinates, siren_param_count, width_for_budget
 
 
@@ -87,7 +87,7 @@ def test_fill_budget_takes_the_most_levels_that_fit():
 def test_quantized_siren_file_round_trips_its_weights():
     from medcomp.codecs.quantize import pack_symbols, quantize
     from medcomp.data.image import Image
-    from medcomp.models.siren import decode_siren, siren_container
+    from medcomp.models.siren_codec import decode_siren, siren_container
     from medcomp.nn.siren import siren_shapes
 
     image = Image(np.linspace(-500, 900, 12 * 10, dtype=np.float32).astype(np.int16).reshape(12, 10), None, name="t")

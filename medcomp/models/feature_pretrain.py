@@ -70,7 +70,7 @@ class RandomBlocksDataModule(L.LightningDataModule):
     def setup(self, stage=None):
         if self.volumes:
             return
-        from medcomp.data.datamodule import sample_files
+        from medcomp.data.block_datamodules import sample_files
         from medcomp.data.readers import read_image
 
         files = [str(p) for p in sample_files(self.sample_names)] + [str(Path(p).expanduser()) for p in self.paths]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medcomp.data.datamodule import center_crop, sample_files
+from medcomp.data.block_datamodules import center_crop, sample_files
 from medcomp.data.image import Image
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError

@@ -1,4 +1,4 @@
-"""``data=<dataset>``: one config per real dataset (medcomp.data.datasets lists its cases), served to whichever model
+"""``data=<dataset>``: one config per real dataset (medcomp.data.catalogue lists its cases), served to whichever model
 runs. A codec gets the cases of ``data.split`` as images, cut into blocks; a classifier gets labelled batches.
 
 The case → array path is a chain of MONAI dictionary transforms (read in stored units, rescale to HU where the
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform
 
-from medcomp.data.datamodule import BlockDataModule
-from medcomp.data.datasets import DATASETS, list_cases, split_cases
+from medcomp.data.block_datamodules import BlockDataModule
+from medcomp.data.catalogue import DATASETS, list_cases, split_cases
 from medcomp.data.image import Image
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError

@@ -11,8 +11,8 @@ import torch
 from medcomp.codecs.base import Codec, image_header
 from medcomp.codecs.container import Container
 from medcomp.codecs.quantize import dequantize, fill_budget, pack_symbols, quantize, top_for_bits, unpack_symbols
+from medcomp.data.block_datamodules import denormalise
 from medcomp.data.blocks import BlockLayout, assemble_blocks
-from medcomp.data.datamodule import denormalise
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
 from medcomp.models.built_in_setup import BuiltInSetup
