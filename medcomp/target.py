@@ -57,8 +57,10 @@ def fit_to_budget(size_of: Callable[[float], int], budget: float, lo: float, hi:
     small, large = (lo, hi) if increasing else (hi, lo)  # the knobs of the smallest and the largest output
     if integer:
         small, large = int(round(small)), int(round(large))
-    if not fits(small) or fits(large):
-        return small if not fits(small) else large
+    if not fits(small):  # nothing fits: the smallest output, and the codec reports the ratio it reached
+        return small
+    if fits(large):
+        return large
     # small fits, large does not: bisect between them
     if integer:
         while abs(large - small) > 1:
