@@ -232,3 +232,22 @@ def test_corrupt_inputs_name_the_file(tmp_path, kind):
     with pytest.raises(MedcompError) as err:
         read_image(bad)
     assert bad.name in str(err.value) and "\n" not in str(err.value)
+
+
+def test_min_max_normalisation_values_inverse_and_constant_image():
+    import torch
+
+    from medcomp.data.image import from_unit, to_unit
+
+    a = np.array([-1024, 0, 976], dtype=np.int16)
+    np.testing.assert_allclose(to_unit(a, -1024.0, 976.0), [0.0, 0.512, 1.0])
+    np.testing.assert_allclose(to_unit(a, -1024.0, 976.0, signed=True), [-1.0, 0.024, 1.0])
+    for signed in (False, True):
+        np.testing.assert_allclose(from_unit(to_unit(a, -1024.0, 976.0, signed=signed), -1024.0, 976.0,
+                                             signed=signed), a)
+    # per-block ranges broadcast; an empty range maps to the bottom, not NaN
+    blocks = np.array([[3.0, 3.0], [0.0, 10.0]])
+    lo, hi = np.array([[3.0], [0.0]]), np.array([[3.0], [10.0]])
+    np.testing.assert_array_equal(to_unit(blocks, lo, hi, signed=True), [[-1.0, -1.0], [-1.0, 1.0]])
+    t = torch.tensor([5.0, 5.0])
+    assert torch.equal(to_unit(t, t.min(), t.max()), torch.zeros(2))

@@ -1,6 +1,8 @@
 """Linear intensity mapping between an image's stored values and the unsigned integers a codec accepts.
 
 Both directions walk the array in slabs along axis 0, so the float64 working copy is one slab, not the volume.
+This is not min–max normalisation (medcomp.data.image.to_unit): integer data whose range fits is only shifted,
+so a lossless codec gives back the very values, and the scale is in code units, as the header stores it.
 """
 
 from __future__ import annotations

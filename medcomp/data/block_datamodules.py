@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medcomp.data.blocks import BlockLayout, plan_blocks, split_blocks
-from medcomp.data.image import Image
+from medcomp.data.image import Image, from_unit, to_unit
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
 from medcomp.utils.memory import slabs
@@ -31,17 +31,15 @@ def normalise_blocks(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def normalise_with(flat: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     """(n_blocks, voxels) stored values → float32 in [−1, 1], in float64 arithmetic a group of blocks at a time."""
     lo, hi = ranges[:, :1].astype(np.float64), ranges[:, 1:].astype(np.float64)
-    span = np.where(hi > lo, hi - lo, 1.0)
     out = np.empty(flat.shape, dtype=np.float32)
     for g in slabs(*flat.shape, ROWS_VOXELS):
-        out[g] = 2.0 * (flat[g].astype(np.float64) - lo[g]) / span[g] - 1.0
+        out[g] = to_unit(flat[g].astype(np.float64), lo[g], hi[g], signed=True)
     return out
 
 
 def denormalise(values: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     lo, hi = ranges[:, :1].astype(np.float64), ranges[:, 1:].astype(np.float64)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    return (values.astype(np.float64) + 1.0) / 2.0 * span + lo
+    return from_unit(values.astype(np.float64), lo, hi, signed=True)
 
 
 MAX_POINTS_PER_STEP = 1 << 20  # bounds a step's activations (and their gradients) whatever the image's size

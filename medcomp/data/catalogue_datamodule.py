@@ -19,7 +19,7 @@ from monai.transforms import MapTransform
 
 from medcomp.data.block_datamodules import BlockDataModule
 from medcomp.data.catalogue import DATASETS, list_cases, split_cases
-from medcomp.data.image import Image
+from medcomp.data.image import Image, to_unit
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
 
@@ -261,8 +261,7 @@ class _RadiographItems(torch.utils.data.Dataset):
         a = item["image"].float()
         if a.dim() == 3:  # a stored multi-frame radiograph: its first frame
             a = a[0]
-        lo, hi = a.min(), a.max()
-        a = (a - lo) / (hi - lo) if hi > lo else torch.zeros_like(a)
+        a = to_unit(a, a.min(), a.max())
         if item.get("meta", {}).get("photometric") == "MONOCHROME1":  # DICOM: bright means low values; flip
             a = 1 - a
         image = F.interpolate(a[None, None], size=(self.image_size,) * 2, mode="area")[0]

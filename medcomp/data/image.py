@@ -93,3 +93,27 @@ def restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
         info = np.iinfo(dt)
         return np.clip(np.rint(values), info.min, info.max).astype(dt)
     return values.astype(dt)
+
+
+def _span(lo, hi):
+    """hi − lo, or 1 where the range is empty, so a constant image maps to the bottom of the range, not to NaN."""
+    if isinstance(hi, np.ndarray):
+        return np.where(hi > lo, hi - lo, 1.0)
+    return hi - lo if hi > lo else 1.0
+
+
+def to_unit(values, lo, hi, *, signed: bool = False):
+    """Min–max normalisation, the one every model and data module uses: [lo, hi] → [0, 1] ([−1, 1] if ``signed``).
+
+    Works on NumPy arrays and torch tensors alike, in their own precision (callers that keep bytes stable cast to
+    float64 first); ``lo``/``hi`` may be scalars or arrays that broadcast (per-block ranges).
+    """
+    unit = (values - lo) / _span(lo, hi)
+    return unit * 2.0 - 1.0 if signed else unit
+
+
+def from_unit(unit, lo, hi, *, signed: bool = False):
+    """The inverse of :func:`to_unit` (floats; :func:`restore_dtype` rounds into the stored dtype)."""
+    if signed:
+        unit = (unit + 1.0) / 2.0
+    return unit * _span(lo, hi) + lo

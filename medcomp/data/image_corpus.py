@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medcomp.data.block_datamodules import center_crop, sample_files
-from medcomp.data.image import Image
+from medcomp.data.image import Image, to_unit
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
 
@@ -64,7 +64,7 @@ class RandomCrops(Dataset):
             s = np.pad(s, ((0, ph), (0, pw)), mode="edge")
         y = rng.integers(0, s.shape[0] - self.crop + 1)
         x = rng.integers(0, s.shape[1] - self.crop + 1)
-        patch = (s[y : y + self.crop, x : x + self.crop].astype(np.float32) - lo) / (hi - lo if hi > lo else 1.0)
+        patch = to_unit(s[y : y + self.crop, x : x + self.crop].astype(np.float32), lo, hi)
         if rng.random() < 0.5:
             patch = patch[:, ::-1]
         return torch.from_numpy(np.ascontiguousarray(patch))[None]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from medcomp.codecs.base import Codec, image_header, join_planes, split_planes
 from medcomp.codecs.container import Container
-from medcomp.data.image import Image, restore_dtype
+from medcomp.data.image import Image, from_unit, restore_dtype, to_unit
 from medcomp.errors import MedcompError
 from medcomp.target import Target, fit_to_budget
 
@@ -135,8 +135,7 @@ def default_weights(name: str) -> Path | None:
 
 def normalise(array: np.ndarray) -> tuple[np.ndarray, dict]:
     lo, hi = float(array.min()), float(array.max())
-    scale = hi - lo if hi > lo else 1.0
-    return ((array.astype(np.float64) - lo) / scale).astype(np.float32), {"lo": lo, "hi": hi}
+    return to_unit(array.astype(np.float64), lo, hi).astype(np.float32), {"lo": lo, "hi": hi}
 
 
 class TrainedCodec(Codec):
@@ -203,7 +202,7 @@ class TrainedCodec(Codec):
                       for data in split_planes(container)]
         x = np.clip(np.stack(planes).reshape(shape), 0.0, 1.0)  # the original lies in [lo, hi]
         lo, hi = header["mapping"]["lo"], header["mapping"]["hi"]
-        return restore_dtype(x * ((hi - lo) if hi > lo else 1.0) + lo, header["dtype"])
+        return restore_dtype(from_unit(x, lo, hi), header["dtype"])
 
 
 def _pad(plane: torch.Tensor, stride: int) -> torch.Tensor:

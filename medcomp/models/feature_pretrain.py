@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from medcomp.data.image import to_unit
 from medcomp.nn.extractor import BlockEncoder, barlow_twins_loss
 from medcomp.nn.pretrained import save_extractor
 
@@ -79,7 +80,7 @@ class RandomBlocksDataModule(L.LightningDataModule):
             if a.ndim == len(self.block) and all(s >= b for s, b in zip(a.shape, self.block)):
                 # Normalised by the whole image's range, as UniCompress normalises the blocks it extracts from.
                 lo, hi = float(a.min()), float(a.max())
-                self.volumes.append(torch.from_numpy(((a - lo) / max(hi - lo, 1e-6) * 2 - 1).astype("float32")))
+                self.volumes.append(torch.from_numpy(to_unit(a, lo, hi, signed=True).astype("float32")))
         if not self.volumes:
             from medcomp.errors import MedcompError
 
