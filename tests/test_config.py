@@ -6,7 +6,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from medcomp.config import CONF_DIR, compose
+from medcomp.config import CONF_DIR, check_model_takes_data, compose, data_kind_of
 from medcomp.errors import MedcompError
 
 # conf/codec is the codec registry (tests below), not a group of the run's defaults list
@@ -44,6 +44,8 @@ def test_every_option_composes(group, option, tmp_path):
     if cfg.task == "classify" and group != "data":  # diagnosis models take their finding names from a CXR dataset
         cfg = compose([*overrides, "data=kermany"])
     assert cfg.model._target_ and cfg.data._target_ and cfg.trainer._target_
+    if group == "data":  # each data option, with the model the README uses it with, passes the data-kind check
+        check_model_takes_data(cfg)
     if group == "compression":
         assert (cfg.compression.ratio is None) != (cfg.compression.bpp is None)
         assert cfg.compression.name == option
@@ -120,3 +122,27 @@ def test_debug_fdr_sets_fast_dev_run(tmp_path):
 
 def test_conf_dir_is_the_repo_conf():
     assert CONF_DIR == Path(__file__).resolve().parent.parent / "conf"
+
+
+def test_every_data_config_has_a_kind_some_model_takes():
+    kinds = {name: data_kind_of(name) for name in GROUPS["data"]}
+    assert None not in kinds.values(), kinds
+    taken = {k for m in GROUPS["model"] for k in OmegaConf.load(CONF_DIR / "model" / f"{m}.yaml").data_kinds}
+    assert set(kinds.values()) == taken
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data=images", "data.train=[pydicom-data:CT_small.dcm]"],
+     r"^model=unicompress does not take data=images \(corpus\); it takes volumes or dataset data: data=.*msd_liver.*"),
+    (["model=cal_vae", "data=sample"], r"^model=cal_vae does not take data=sample \(volumes\); it takes corpus data: "
+                                       r"data=codec_train, images, sample_2d$"),
+    (["model=mlcak", "data=sample"], r"^model=mlcak does not take data=sample"),
+    (["model=cal_vae", "data=images"], r"^data.train has no value: data=images needs it on the command line"),
+])
+def test_a_model_given_data_it_cannot_take_is_one_clear_error(overrides, message, tmp_path):
+    from medcomp.tasks import run_task
+
+    cfg = compose([*overrides, "logger=none", f"paths.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(MedcompError, match=message):
+        run_task(cfg)
+    assert not (tmp_path / "run" / "metrics.json").exists()

@@ -19,7 +19,16 @@ def run_task(cfg: DictConfig) -> dict:
     """The run. Returns the metrics dict that is also written to ``metrics.json`` (empty on ranks > 0)."""
     import importlib
 
+    from omegaconf.errors import MissingMandatoryValue
+
+    from medcomp.config import check_model_takes_data
+
     task = cfg.get("task", "compress")
     if task not in TASKS:
         raise MedcompError(f"task={task} is not one of {', '.join(TASKS)}")
-    return importlib.import_module(TASKS[task]).run(cfg)
+    check_model_takes_data(cfg)
+    try:
+        return importlib.import_module(TASKS[task]).run(cfg)
+    except MissingMandatoryValue as exc:  # a '???' in the YAML: the user has to give it
+        raise MedcompError(f"{exc.full_key} has no value: data={cfg.get('data_name')} needs it on the command "
+                           f"line ({exc.full_key}=...)") from None
