@@ -261,3 +261,22 @@ def test_files_without_a_hidden_w0_decode_with_one_w0():
     np.testing.assert_array_equal(decode_unicompress(c), one)
     c.header["w0_hidden"] = c.header["w0"] / 2
     assert not np.array_equal(decode_unicompress(c), one)
+
+
+def test_a_runs_fit_as_a_codec_encodes_its_own_images_at_its_target_only(tmp_path):
+    """run.py's compress task calls only Codec.encode: the fit's codec hands out the fitted images' files."""
+    from medcomp.config import compose
+    from medcomp.errors import MedcompError
+    from medcomp.fitting import fit
+
+    cfg = compose(["model=unicompress", *VOLUME_ARGS, "model.fit_steps=2", "logger=none", "callbacks=none",
+                   "+save_final_checkpoint=false", f"paths.output_dir={tmp_path}"])
+    image = Image(smooth_volume((16, 48, 48)), (1.0, 1.0, 1.0), name="v")
+    target = Target(ratio=24)
+    fitted = fit(cfg, images=[image], target=target)
+    codec = fitted.model.as_codec()
+    assert codec.encode(image, target).to_bytes() == fitted.model.export()[0].to_bytes()
+    with pytest.raises(MedcompError, match="this fit is for cr24, not cr48"):
+        codec.encode(image, Target(ratio=48))
+    with pytest.raises(MedcompError, match="^w: not one of the images this unicompress fit was trained on"):
+        codec.encode(Image(image.array.copy(), image.spacing, name="w"), target)

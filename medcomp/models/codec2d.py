@@ -85,11 +85,6 @@ class ImageCodecModule(L.LightningModule):
             self._codec = TrainedCodec.holding(self, path)
         return self._codec
 
-    def export(self) -> list[Container]:
-        """run.py: encode the data module's evaluation images with the trained weights."""
-        codec = self.as_codec()
-        return [codec.encode(image, self.target) for image in self.trainer.datamodule.images]
-
     output_dir = "."
     made_by = ""
 

@@ -107,10 +107,11 @@ class SirenCodec(BuiltInSetup, L.LightningModule):
         return loss
 
     def as_codec(self) -> Codec:
-        """The codec that decodes what :meth:`export` writes (decoding needs only the file)."""
+        """This fit as a codec: it encodes the images it was fitted on (their :meth:`export` files) and decodes any
+        file of its kind (decoding needs only the file)."""
         from medcomp.codecs.registry import get_codec
 
-        return get_codec("siren")
+        return get_codec("siren").holding(self)
 
     def export(self) -> list[Container]:
         """One container per image: weights rounded to ``weight_dtype``, or quantised with the most levels that fit."""

@@ -305,10 +305,11 @@ class UniCompress(BuiltInSetup, L.LightningModule):
                            top_for_bits(hp.weight_bits_max))
 
     def as_codec(self) -> Codec:
-        """The codec that decodes what :meth:`export` writes (decoding needs only the file)."""
+        """This fit as a codec: it encodes the images it was fitted on (their :meth:`export` files) and decodes any
+        file of its kind (decoding needs only the file)."""
         from medcomp.codecs.registry import get_codec
 
-        return get_codec(self.codec_name)
+        return get_codec(self.codec_name).holding(self)
 
     @torch.no_grad()
     def export(self) -> list[Container]:

@@ -60,9 +60,11 @@ def run(cfg: DictConfig) -> dict:
 
     total_vox = sum(im.array.size for im in images)
     model_codec = model.as_codec()
-    for image, container in zip(images, model.export()):
-        # The fit trains every image's networks at once; its time is shared out by voxel count.
-        record(image, container, model_codec, fitted.seconds * image.array.size / total_vox, cfg.model_name)
+    for image in images:
+        container, encode_s = _timed_encode(model_codec, image, target)
+        if model_codec.fitted:  # the fit trained every image's networks at once: its time, shared out by voxels
+            encode_s = fitted.seconds * image.array.size / total_vox
+        record(image, container, model_codec, encode_s, cfg.model_name)
     for name, codec in baselines.items():
         for i, image in enumerate(images):
             container, encode_s = encoded.get((name, i)) or _timed_encode(codec, image, target)
