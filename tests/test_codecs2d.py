@@ -110,11 +110,65 @@ def test_cal_vae_step_tables_follow_the_target():
     torch.manual_seed(0)
     codec = get_codec("cal_vae")
     codec._loaded = (CalVAE(channels=8, latent=8, heads=2).eval(), "sha")
-    codec._loaded[0].prepare_coding()
+    codec._loaded[0].freeze_coding()
     image = Image(xray_like(shape=(128, 128)), name="x")
     targets = (0.15, 0.2, 0.25, 0.3)  # the header alone is about 0.1 bpp of a 128² image
     sizes = [len(codec.encode(image, Target(bpp=b)).to_bytes()) * 8 / 128**2 for b in targets]
     assert all(abs(got / want - 1) < 0.15 for got, want in zip(sizes, targets)), sizes
+
+
+DECODE_ELSEWHERE = """
+import sys, numpy as np, torch
+from compressai.entropy_models import EntropyBottleneck
+from medcomp.codecs.container import read_container
+from medcomp.codecs.registry import decode_container
+torch.set_num_threads(2)
+def poisoned(*a, **k):
+    raise AssertionError("the decoder evaluated the density network")
+EntropyBottleneck._logits_cumulative = poisoned
+np.save(sys.argv[3], decode_container(read_container(sys.argv[1]), ckpt=sys.argv[2]).array)
+"""
+
+
+def test_cal_vae_decodes_to_the_same_pixels_anywhere(tmp_path):
+    """Encoded with 1 thread here, decoded with 2 in another process whose float density network is unusable: the
+    entropy tables come only from integers and float64 samples stored in the weights file, so the pixels agree."""
+    import subprocess
+    import sys
+
+    weights = small_weights("cal_vae", tmp_path / "w.pt")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        c = get_codec("cal_vae", ckpt=weights).encode(Image(xray_like(shape=(128, 112)), name="x"), Target(bpp=1))
+    finally:
+        torch.set_num_threads(threads)
+    (tmp_path / "a.mcz").write_bytes(c.to_bytes())
+    r = subprocess.run([sys.executable, "-c", DECODE_ELSEWHERE, tmp_path / "a.mcz", weights, tmp_path / "b.npy"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "b.npy"), decode_container(c, ckpt=weights).array)
+
+
+@pytest.mark.parametrize("knob", [0, 3, 40000, 32.5, "32", None])
+def test_a_rate_knob_outside_the_codecs_range_is_a_corrupt_file(tmp_path, knob):
+    from medcomp.errors import CorruptFileError
+
+    weights = small_weights("cal_vae", tmp_path / "w.pt")
+    c = get_codec("cal_vae", ckpt=weights).encode(Image(xray_like(), name="x"), Target(bpp=1))
+    c.header["knob"] = knob
+    with pytest.raises(CorruptFileError, match=r"corrupt .mcz: cal_vae rate knob .* is outside \[4, 32768\]"):
+        decode_container(c, ckpt=weights)
+
+
+def test_cal_vae_weights_without_stored_tables_are_refused(tmp_path):
+    path = small_weights("cal_vae", tmp_path / "w.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"] = {k: v for k, v in payload["state_dict"].items() if not k.startswith("cdf_")}
+    torch.save(payload, path)
+    with pytest.raises(MedcompError, match=r"w.pt: these 'cal_vae' weights do not fit this version of the codec "
+                                           r"\(Missing key\(s\) in state_dict: \"cdf_lattice\""):
+        load_weights(path)
 
 
 @pytest.mark.skipif(default_weights("rnn_conv") is None, reason="no shipped RNN-Conv weights")

@@ -8,11 +8,13 @@ subbands → inverse DWT → learnable 3×3 post-filter (residual, starts as ide
 
 Loss: λ·255²·MSE + bpp_est + β·KL(q(y|x) ‖ N(0, I)). ``bpp_est`` is the entropy model's estimate, a training signal
 only; every reported bpp comes from the file. Rate control at coding time: the latent is divided by a step q
-before rounding (q = 1 is the trained operating point); the file's bytes decide q.
+before rounding (q = 1 is the trained operating point); the file's bytes decide q. The entropy tables come from
+numbers stored with the weights, so a file decodes to the same pixels on any machine (see ``freeze_coding``).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 
@@ -51,8 +53,8 @@ def up(cin: int, cout: int, last: bool = False) -> nn.Module:
 class CalVAE(ImageCodecModule):
     codec_name = "cal_vae"
     stride = 16  # DWT (2) × three stride-2 stages
-    # knob: log2 of the latent step q; a larger step gives a smaller file
-    knob_lo, knob_hi, knob_integer, knob_increasing = -3.0, 10.0, False, False
+    # knob: the latent step q in 32nds (4: q = 1/8 … 32768: q = 1024); a larger step gives a smaller file
+    knob_lo, knob_hi, knob_integer, knob_increasing = 4, 32768, True, False
 
     def __init__(self, channels: int = 64, latent: int = 64, heads: int = 4, lmbda: float | None = None,
                  beta_kl: float = 1e-4, lr: float = 1e-4, aux_lr: float = 1e-3, target_bpp: float | None = None,
@@ -75,6 +77,9 @@ class CalVAE(ImageCodecModule):
         # the rate cannot fall (measured: a flat 1.18 bpp floor whatever the step); the KL term then regularises σ.
         nn.init.constant_(self.to_latent.bias[latent:], -8.0)
         self.entropy = EntropyBottleneck(latent)
+        # the learned CDF on a fixed lattice and the lattice span of each channel's quantiles (see freeze_coding)
+        self.register_buffer("cdf_lattice", torch.empty(0, dtype=torch.float64))
+        self.register_buffer("cdf_support", torch.empty(0, dtype=torch.long))
         self.dec = nn.Sequential(up(latent, n), up(n, n), up(n, 4, last=True))
         self.post_filter = nn.Conv2d(1, 1, 3, 1, 1)
         nn.init.zeros_(self.post_filter.weight)
@@ -132,43 +137,68 @@ class CalVAE(ImageCodecModule):
         return torch.optim.Adam(main, lr=self.hparams.lr), torch.optim.Adam(aux, lr=self.hparams.aux_lr)
 
     # --- coding ---------------------------------------------------------------------------------------------------
+    # Rate control at coding time: a quantiser step q = knob/32 around the entropy model's medians m, symbols
+    # s = round((y − m)/q), ŷ = s·q + m, coded with tables of the *learned* density integrated over the step-q cells
+    # (P(s) = c(m + (s + ½)q) − c(m + (s − ½)q)); knob 32 (q = 1) is exactly the trained quantiser.
+    #
+    # Decode anywhere: the tables must be the same integers on every machine, and the density c() is a float network
+    # whose last bits change with the CPU, the thread count or a GPU (one changed CDF entry and the rest of the stream
+    # decodes to garbage; float32 vs float64 tables differ in dozens of entries). So c() is evaluated once, when the
+    # weights are final, in float64 on the lattice m + j/64 (every cell edge of every step q = knob/32 lies on it) and
+    # stored with the weights (``cdf_lattice``); coding only gathers and subtracts those stored numbers, which IEEE
+    # arithmetic does identically everywhere. Hand-written because CompressAI's update() evaluates the network.
+    LATTICE = 64
+
+    def freeze_coding(self) -> None:
+        eb = self.entropy
+        with torch.no_grad():
+            quantiles = eb.quantiles.detach().double()[:, 0, :]  # (C, 3): low tail, median, high tail
+            medians = quantiles[:, 1]
+            support = torch.stack([torch.floor((quantiles[:, 0] - medians) * self.LATTICE),
+                                   torch.ceil((quantiles[:, 2] - medians) * self.LATTICE)], dim=1).long()
+            half = int(support.abs().max()) + self.LATTICE
+            points = medians[:, None] + torch.arange(-half, half + 1, dtype=torch.float64)[None, :] / self.LATTICE
+            density = copy.deepcopy(eb).double()
+            self.cdf_lattice = torch.sigmoid(density._logits_cumulative(points[:, None, :], stop_gradient=True))[:, 0]
+            self.cdf_support = support
+
     def prepare_coding(self):
-        self.entropy.update(force=True)
+        if self.cdf_lattice.numel() == 0:
+            self.freeze_coding()
 
     def analyse(self, x):
         return self.encode_moments(x)[0]
 
-    # Rate control at coding time: a quantiser step q around the entropy model's medians m, symbols
-    # s = round((y − m)/q), ŷ = s·q + m, coded with tables of the *learned* density integrated over the
-    # step-q cells (P(s) = c(m + (s + ½)q) − c(m + (s − ½)q)). q = 1 is exactly the trained quantiser.
-    # Hand-written because CompressAI's EntropyBottleneck.update() builds unit-step tables only; this mirrors it.
     @torch.no_grad()
-    def _tables_for_step(self, q: float) -> None:
-        eb = self.entropy
-        medians = eb.quantiles[:, 0, 1]
-        minima = torch.clamp(torch.ceil((medians - eb.quantiles[:, 0, 0]) / q).int(), min=0)
-        maxima = torch.clamp(torch.ceil((eb.quantiles[:, 0, 2] - medians) / q).int(), min=0)
-        pmf_length = maxima + minima + 1
-        max_length = int(pmf_length.max())
-        steps = torch.arange(max_length)[None, :] - minima[:, None]  # (C, L) step indices from −minima
-        centres = (medians[:, None] + steps * q)[:, None, :]
-        lower = eb._logits_cumulative(centres - q / 2, stop_gradient=True)
-        upper = eb._logits_cumulative(centres + q / 2, stop_gradient=True)
-        pmf = (torch.sigmoid(upper) - torch.sigmoid(lower))[:, 0, :]
-        tail_mass = torch.sigmoid(lower[:, 0, :1]) + torch.sigmoid(-upper[:, 0, -1:])
-        eb._offset = -minima
-        eb._quantized_cdf = eb._pmf_to_cdf(pmf, tail_mass, pmf_length, max_length)
-        eb._cdf_length = pmf_length + 2
+    def _tables_for_step(self, knob: int) -> None:
+        eb, n = self.entropy, int(knob)  # q = n/32: a cell edge every n lattice points
+        half = (self.cdf_lattice.shape[1] - 1) // 2
+        # past the lattice the CDF is 0 below and 1 above (the quantiles lie well inside it): a step wider than the
+        # lattice still puts the whole mass in its cells, as the learned density's own tails would
+        ones = torch.ones_like(self.cdf_lattice[:, :1])
+        cdf = torch.cat([0 * ones, self.cdf_lattice, ones], dim=1)
+        half += 1
+        minima = torch.clamp((-self.cdf_support[:, 0] + 2 * n - 1) // (2 * n), min=0)
+        maxima = torch.clamp((self.cdf_support[:, 1] + 2 * n - 1) // (2 * n), min=0)
+        pmf_length = minima + maxima + 1
+        steps = torch.arange(int(pmf_length.max()))[None, :] - minima[:, None]  # (C, L)
+        lower = cdf.gather(1, torch.clamp((2 * steps - 1) * n + half, 0, 2 * half))
+        upper = cdf.gather(1, torch.clamp((2 * steps + 1) * n + half, 0, 2 * half))
+        last_upper = upper.gather(1, (pmf_length - 1)[:, None])
+        eb._offset = (-minima).int()
+        eb._quantized_cdf = eb._pmf_to_cdf(upper - lower, lower[:, :1] + (1 - last_upper), pmf_length.int(),
+                                           int(pmf_length.max()))
+        eb._cdf_length = (pmf_length + 2).int()
 
     def stream(self, mu, knob):
-        q = 2.0**knob
-        self._tables_for_step(q)
+        q = int(knob) / 32
+        self._tables_for_step(knob)
         m = self.entropy._get_medians()
         return self.entropy.compress((mu - m) / q + m)[0]
 
     def synthesise(self, data, knob, padded_hw):
-        q = 2.0**knob
-        self._tables_for_step(q)
+        q = int(knob) / 32
+        self._tables_for_step(knob)
         size = (padded_hw[0] // self.stride, padded_hw[1] // self.stride)
         m = self.entropy._get_medians()
         y = (self.entropy.decompress([data], size) - m) * q + m

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from medcomp.codecs.base import Codec, image_header, join_planes, split_planes
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image, from_unit, restore_dtype, to_unit
-from medcomp.errors import MedcompError
+from medcomp.errors import CorruptFileError, MedcompError
 from medcomp.target import Target, fit_to_budget
 
 WEIGHTS_FORMAT = "medcomp-codec-weights/1"
@@ -53,6 +53,18 @@ class ImageCodecModule(L.LightningModule):
     def prepare_coding(self) -> None:
         """Called once the weights are final, before any coding (entropy models build their tables here)."""
 
+    def freeze_coding(self) -> None:
+        """Called when the weights are final, before they are saved: what the decoder must reproduce bit for bit is
+        computed here, once, and saved with the weights (CAL-VAE's entropy tables), never recomputed elsewhere."""
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        # Buffers frozen from the trained weights (freeze_coding) are sized by them: a fresh module has them empty.
+        own = dict(self.named_buffers())
+        for name, value in state_dict.items():
+            if name in own and own[name].numel() == 0 and value.numel() > 0:
+                own[name].resize_(value.shape)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def training_step(self, batch, batch_idx):
         loss, logs = self.training_loss(batch)
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=True)
@@ -65,6 +77,7 @@ class ImageCodecModule(L.LightningModule):
     def save_weights(self, path: Path, made_by: str = "") -> Path:
         from medcomp.utils.atomic import atomic_path
 
+        self.freeze_coding()
         hparams = {k: v for k, v in self.hparams.items() if k != "target"}
         payload = {"format": WEIGHTS_FORMAT, "model": self.codec_name, "hparams": hparams, "made_by": made_by,
                    "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
@@ -117,7 +130,11 @@ def load_weights(path: str | Path, expect: str | None = None,
 
         module_class = get_class(codec_config(payload["model"]).module)
     module = module_class(**payload["hparams"])
-    module.load_state_dict(payload["state_dict"])
+    try:
+        module.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:  # e.g. saved before its entropy tables were stored with the weights
+        raise MedcompError(f"{path}: these '{payload['model']}' weights do not fit this version of the codec "
+                           f"({str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc})") from exc
     module.eval()
     module.prepare_coding()
     return module, sha, {"made_by": payload.get("made_by", ""), "hparams": payload["hparams"]}
@@ -189,6 +206,11 @@ class TrainedCodec(Codec):
                                f"with (sha256 {str(want)[:12]}…, file '{container.header.get('weights_file')}'); "
                                f"pass the same weights with --ckpt")
         header = container.header
+        knob = header.get("knob")
+        if (not isinstance(knob, (int, float)) or isinstance(knob, bool) or not module.knob_lo <= knob <= module.knob_hi
+                or (module.knob_integer and knob != int(knob))):
+            raise CorruptFileError(f"corrupt .mcz: {self.name} rate knob {knob!r} is outside "
+                                   f"[{module.knob_lo}, {module.knob_hi}]")
         shape = tuple(header["shape"])
         hw = shape[-2:]
         padded = tuple(-(-s // module.stride) * module.stride for s in hw)
