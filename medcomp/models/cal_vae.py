@@ -55,6 +55,7 @@ class CalVAE(ImageCodecModule):
     stride = 16  # DWT (2) × three stride-2 stages
     # knob: the latent step q in 32nds (4: q = 1/8 … 32768: q = 1024); a larger step gives a smaller file
     knob_lo, knob_hi, knob_integer, knob_increasing = 4, 32768, True, False
+    knob_name = "latent_step_32nds"
 
     def __init__(self, channels: int = 64, latent: int = 64, heads: int = 4, lmbda: float | None = None,
                  beta_kl: float = 1e-4, lr: float = 1e-4, aux_lr: float = 1e-3, target_bpp: float | None = None,

@@ -37,6 +37,7 @@ class ImageCodecModule(L.LightningModule):
     codec_name = ""
     stride = 16
     knob_lo, knob_hi, knob_integer, knob_increasing = 0.0, 1.0, False, True
+    knob_name = "knob"  # the header key that carries it (a new meaning gets a new name: old files then fail clearly)
 
     def training_loss(self, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
@@ -49,6 +50,10 @@ class ImageCodecModule(L.LightningModule):
 
     def synthesise(self, data: bytes, knob: float, padded_hw: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError
+
+    def stream_length(self, state, knob: float) -> int | None:
+        """The stream's length in bytes where it is known without coding it (the rate search then codes once)."""
+        return None
 
     def prepare_coding(self) -> None:
         """Called once the weights are final, before any coding (entropy models build their tables here)."""
@@ -188,14 +193,18 @@ class TrainedCodec(Codec):
         with torch.no_grad():
             states = [module.analyse(_pad(torch.from_numpy(p), module.stride)) for p in planes]
 
-        def container(knob):
-            header = {**image_header(image), "mapping": mapping, "knob": knob, "weights_sha256": sha,
+        def container(knob, streams=None):
+            header = {**image_header(image), "mapping": mapping, module.knob_name: knob, "weights_sha256": sha,
                       "weights_file": self.ckpt.name}
-            return Container(self.name, header, join_planes([module.stream(s, knob) for s in states]))
+            return Container(self.name, header, join_planes(streams or [module.stream(s, knob) for s in states]))
 
-        # CAL-VAE: the latent step; RNN-Conv: the iteration count (at least one)
-        knob = fit_to_budget(lambda k: len(container(k).to_bytes()), target.target_bytes(image), module.knob_lo,
-                             module.knob_hi, increasing=module.knob_increasing, integer=module.knob_integer)
+        def size_of(knob):
+            lengths = [module.stream_length(s, knob) for s in states]
+            return len(container(knob, None if None in lengths else [bytes(n) for n in lengths]).to_bytes())
+
+        # CAL-VAE: the latent step; RNN-Conv: the iterations (at least one)
+        knob = fit_to_budget(size_of, target.target_bytes(image), module.knob_lo, module.knob_hi,
+                             increasing=module.knob_increasing, integer=module.knob_integer)
         return container(knob)
 
     def decode(self, container: Container) -> np.ndarray:
@@ -206,16 +215,16 @@ class TrainedCodec(Codec):
                                f"with (sha256 {str(want)[:12]}…, file '{container.header.get('weights_file')}'); "
                                f"pass the same weights with --ckpt")
         header = container.header
-        knob = header.get("knob")
+        knob = header.get(module.knob_name)
         if (not isinstance(knob, (int, float)) or isinstance(knob, bool) or not module.knob_lo <= knob <= module.knob_hi
                 or (module.knob_integer and knob != int(knob))):
-            raise CorruptFileError(f"corrupt .mcz: {self.name} rate knob {knob!r} is outside "
-                                   f"[{module.knob_lo}, {module.knob_hi}]")
+            raise CorruptFileError(f"corrupt .mcz: {self.name} '{module.knob_name}' {knob!r} is outside "
+                                   f"[{module.knob_lo}, {module.knob_hi}] (or the file predates it)")
         shape = tuple(header["shape"])
         hw = shape[-2:]
         padded = tuple(-(-s // module.stride) * module.stride for s in hw)
         with torch.no_grad():
-            planes = [module.synthesise(data, header["knob"], padded)[..., : hw[0], : hw[1]].double().numpy()
+            planes = [module.synthesise(data, knob, padded)[..., : hw[0], : hw[1]].double().numpy()
                       for data in split_planes(container)]
         x = np.clip(np.stack(planes).reshape(shape), 0.0, 1.0)  # the original lies in [lo, hi]
         lo, hi = header["mapping"]["lo"], header["mapping"]["hi"]

@@ -5,7 +5,7 @@ the seed's multi-level pooling (context from the whole image) → binariser (``b
 → decoder: 1×1 conv → four ConvLSTMs each followed by pixel shuffle ×2 → conv to the image. Additive
 reconstruction: x̂_k = x̂_{k−1} + D(b_k); the L1 residual of every iteration is the loss (Toderici et al. 2017).
 Rate: ``bits``/256 bpp per iteration (32 bits → 0.125 bpp), packed 8 per byte; ``compress`` takes as many
-iterations as the target allows. Channel widths are below Toderici's (512) so that it trains on a CPU; they are
+iterations as the target allows, the last one for part of the blocks. Channel widths are below Toderici's (512) so that it trains on a CPU; they are
 settings.
 """
 
@@ -30,7 +30,7 @@ class RNNConv(ImageCodecModule):
         super().__init__()
         self.save_hyperparameters(ignore=["target"])
         self.target = target
-        self.knob_lo, self.knob_hi, self.knob_integer = 1, max_iterations, True
+        self.knob_lo, self.knob_hi, self.knob_integer = 1.0, float(max_iterations), False
         c = channels
         self.enc_conv = nn.Conv2d(1, c, 3, 2, 1)
         self.enc_rnn = nn.ModuleList([ConvLSTMCell(c, 2 * c, 3, 2), ConvLSTMCell(2 * c, 4 * c, 3, 2),
@@ -80,26 +80,72 @@ class RNNConv(ImageCodecModule):
         return loss, {"loss": loss, "l1_first": losses[0], "l1_last": losses[-1], "psnr_norm_last": psnr_last}
 
     # --- coding -----------------------------------------------------------------------------------------------------
-    def analyse(self, x):
-        """Runs the encoder for every iteration up to ``max_iterations`` once; any prefix of the codes is a file."""
-        codes = [c for c, _ in self.progressive(x, self.hparams.max_iterations)]
-        return torch.stack(codes)  # (iterations, 1, bits, h/16, w/16)
+    # The knob is a real number of iterations: ⌊knob⌋ whole iterations, then the next one for the first blocks in
+    # raster order (round(knob × blocks) 16×16 block codes in all), so a target is met to one block's 32 bits
+    # rather than to a whole iteration (0.125 bpp). Blocks a partial iteration leaves out keep the previous
+    # reconstruction. The encoder runs only the iterations the file holds.
+    knob_name = "iterations"
 
-    def stream(self, codes, knob):
-        bits = (codes[: int(knob)] > 0).numpy().astype(np.uint8)
-        return np.packbits(bits.ravel()).tobytes()
+    def analyse(self, x):
+        return _Progressive(self, x)
+
+    def stream_length(self, state: _Progressive, knob) -> int:
+        return -(-_blocks_sent(knob, state.blocks) * self.hparams.bits // 8)
+
+    def stream(self, state: _Progressive, knob):
+        full, part = divmod(_blocks_sent(knob, state.blocks), state.blocks)
+        codes = state.upto(full + (part > 0))
+        bits = [(c > 0).numpy().ravel() for c in codes[:full]]
+        if part:
+            bits.append((codes[full][0] > 0).numpy().reshape(self.hparams.bits, state.blocks)[:, :part].ravel())
+        return np.packbits(np.concatenate(bits).astype(np.uint8)).tobytes()
 
     def synthesise(self, data, knob, padded_hw):
-        k = int(knob)
-        shape = (k, 1, self.hparams.bits, padded_hw[0] // self.stride, padded_hw[1] // self.stride)
-        n = int(np.prod(shape))
+        grid = (padded_hw[0] // self.stride, padded_hw[1] // self.stride)
+        blocks = grid[0] * grid[1]
+        sent = _blocks_sent(knob, blocks)
+        full, part = divmod(sent, blocks)
         bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
-        if bits.size < n:
+        if bits.size < sent * self.hparams.bits:
             raise CorruptFileError("corrupt .mcz: fewer code bits than the header's iterations need")
-        codes = torch.from_numpy(bits[:n].reshape(shape).astype(np.float32) * 2 - 1)
+        signs = torch.from_numpy(bits[: sent * self.hparams.bits].astype(np.float32) * 2 - 1)
+        codes = [signs[i * blocks * self.hparams.bits : (i + 1) * blocks * self.hparams.bits]
+                 .reshape(1, self.hparams.bits, *grid) for i in range(full)]
+        mask = None
+        if part:
+            last = torch.zeros(self.hparams.bits, blocks)
+            last[:, :part] = signs[full * blocks * self.hparams.bits :].reshape(self.hparams.bits, part)
+            codes.append(last.reshape(1, self.hparams.bits, *grid))
+            mask = (torch.arange(blocks) < part).float().reshape(grid)
+            mask = mask.repeat_interleave(self.stride, 0).repeat_interleave(self.stride, 1)
         dec_states = [None] * 4
         recon = torch.zeros((1, 1, *padded_hw))
-        for i in range(k):
-            delta, dec_states = self.decode_step(codes[i], dec_states)
-            recon = recon + delta
+        for i, c in enumerate(codes):
+            delta, dec_states = self.decode_step(c, dec_states)
+            recon = recon + (delta * mask if mask is not None and i == full else delta)
         return ((recon + 1) / 2)[0, 0]
+
+
+def _blocks_sent(knob: float, blocks: int) -> int:
+    return int(round(float(knob) * blocks))
+
+
+class _Progressive:
+    """One plane's encoder iterations, run only as far as a stream asks (a 0.25-bpp file needs two of eight)."""
+
+    def __init__(self, module: RNNConv, x01: torch.Tensor):
+        self.module, self.x = module, x01 * 2 - 1
+        self.blocks = (x01.shape[-2] // module.stride) * (x01.shape[-1] // module.stride)
+        self.codes: list[torch.Tensor] = []
+        self.enc_states, self.dec_states = [None] * 3, [None] * 4
+        self.recon = torch.zeros_like(self.x)
+
+    @torch.no_grad()
+    def upto(self, k: int) -> list[torch.Tensor]:
+        while len(self.codes) < k:  # as progressive(): the residual of what the decoder has so far
+            if self.codes:
+                delta, self.dec_states = self.module.decode_step(self.codes[-1], self.dec_states)
+                self.recon = self.recon + delta
+            codes, self.enc_states = self.module.encode_step(self.x - self.recon, self.enc_states)
+            self.codes.append(codes)
+        return self.codes[:k]
