@@ -173,12 +173,11 @@ class CalVAE(ImageCodecModule):
     @torch.no_grad()
     def _tables_for_step(self, knob: int) -> None:
         eb, n = self.entropy, int(knob)  # q = n/32: a cell edge every n lattice points
-        half = (self.cdf_lattice.shape[1] - 1) // 2
         # past the lattice the CDF is 0 below and 1 above (the quantiles lie well inside it): a step wider than the
         # lattice still puts the whole mass in its cells, as the learned density's own tails would
         ones = torch.ones_like(self.cdf_lattice[:, :1])
         cdf = torch.cat([0 * ones, self.cdf_lattice, ones], dim=1)
-        half += 1
+        half = (cdf.shape[1] - 1) // 2  # cdf[:, half] is the median
         minima = torch.clamp((-self.cdf_support[:, 0] + 2 * n - 1) // (2 * n), min=0)
         maxima = torch.clamp((self.cdf_support[:, 1] + 2 * n - 1) // (2 * n), min=0)
         pmf_length = minima + maxima + 1

@@ -5,8 +5,8 @@ the seed's multi-level pooling (context from the whole image) → binariser (``b
 → decoder: 1×1 conv → four ConvLSTMs each followed by pixel shuffle ×2 → conv to the image. Additive
 reconstruction: x̂_k = x̂_{k−1} + D(b_k); the L1 residual of every iteration is the loss (Toderici et al. 2017).
 Rate: ``bits``/256 bpp per iteration (32 bits → 0.125 bpp), packed 8 per byte; ``compress`` takes as many
-iterations as the target allows, the last one for part of the blocks. Channel widths are below Toderici's (512) so that it trains on a CPU; they are
-settings.
+iterations as the target allows, the last one for part of the blocks. Channel widths are below Toderici's (512)
+so that it trains on a CPU; they are settings.
 """
 
 from __future__ import annotations
