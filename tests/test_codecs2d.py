@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medcomp.codecs.container import read_container
 from medcomp.codecs.registry import decode_container, get_codec, trained_codecs
@@ -236,3 +237,18 @@ def test_images_datamodule_crops_and_refuses_train_eval_overlap(tmp_path):
         bad.setup()
     with pytest.raises(MedcompError, match="matches no file"):
         ImagesDataModule(train=[str(tmp_path / "*.png")], eval=[]).setup()
+
+
+def test_rnn_conv_iteration_losses():
+    """l1 is the mean of the iterations' L1s, log_l1 the mean of their logs (same network, same batch)."""
+    x = torch.rand(2, 1, 32, 32)
+    torch.manual_seed(1)
+    m = RNNConv(channels=8, train_iterations=3)
+    with torch.no_grad():
+        l1s = torch.stack([F.l1_loss(r, x) for _, r in m.progressive(x, 3)])
+        assert torch.isclose(m.training_loss(x)[0], l1s.mean())
+        m.hparams.iteration_loss = "log_l1"
+        assert torch.isclose(m.training_loss(x)[0], l1s.log().mean())
+        m.hparams.iteration_loss = "l2"
+        with pytest.raises(ValueError, match="model.iteration_loss=l2: l1 or log_l1"):
+            m.training_loss(x)

@@ -26,7 +26,7 @@ class RNNConv(ImageCodecModule):
     stride = 16
 
     def __init__(self, channels: int = 64, bits: int = 32, train_iterations: int = 8, max_iterations: int = 8,
-                 lr: float = 5e-4, fit_steps: int = 2000, target=None):
+                 lr: float = 5e-4, fit_steps: int = 2000, iteration_loss: str = "l1", target=None):
         super().__init__()
         self.save_hyperparameters(ignore=["target"])
         self.target = target
@@ -75,7 +75,14 @@ class RNNConv(ImageCodecModule):
     def training_loss(self, x):
         recons = [r for _, r in self.progressive(x, self.hparams.train_iterations)]
         losses = [F.l1_loss(r, x) for r in recons]
-        loss = torch.stack(losses).mean()
+        if self.hparams.iteration_loss == "log_l1":
+            # mean log L1: each iteration's *relative* gain counts alike, so the late ones, whose L1 is small, are
+            # not drowned out by the first (Toderici et al.'s plain sum lets them stop adding quality)
+            loss = torch.stack(losses).clamp_min(1e-6).log().mean()
+        elif self.hparams.iteration_loss == "l1":
+            loss = torch.stack(losses).mean()
+        else:
+            raise ValueError(f"model.iteration_loss={self.hparams.iteration_loss}: l1 or log_l1")
         psnr_last = 10 * torch.log10(1 / F.mse_loss(recons[-1].detach(), x))
         return loss, {"loss": loss, "l1_first": losses[0], "l1_last": losses[-1], "psnr_norm_last": psnr_last}
 

@@ -1,0 +1,84 @@
+"""Trained 2-D codecs on one clinical-size radiograph: rate met, PSNR, and encode + decode seconds per target.
+
+    python experiments/codec2d_speed.py      # → experiments/results/codec2d_speed.json/png
+
+The image: pydicom-data's 15-bit chest CR (RG1), centre-cropped to 1024², the size issue 19 times. Shipped weights,
+this machine's threads as they are, one encode and one decode per point (the first call of each codec warms up on
+the smallest target and is not recorded). PSNR over the image's own range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from medcomp.bench import machine
+from medcomp.codecs.registry import get_codec
+from medcomp.data.block_datamodules import center_crop, sample_files
+from medcomp.data.readers import read_image
+from medcomp.metrics import psnr
+from medcomp.target import Target
+from medcomp.utils.atomic import atomic_write_text
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--codecs", nargs="+", default=["rnn_conv", "cal_vae"])
+    ap.add_argument("--bpps", nargs="+", type=float, default=[0.125, 0.25, 0.375, 0.5, 0.75, 1.0])
+    ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--out-dir", default=str(ROOT / "experiments" / "results"))
+    args = ap.parse_args(argv)
+    image = center_crop(read_image(sample_files(["RG1_UNCR.dcm"])[0]), args.size)
+    points = []
+    for name in args.codecs:
+        codec = get_codec(name)
+        codec.decode(codec.encode(image, Target(bpp=min(args.bpps))))  # loads the weights, warms the kernels
+        for bpp in args.bpps:
+            t0 = time.perf_counter()
+            container = codec.encode(image, Target(bpp=bpp))
+            t1 = time.perf_counter()
+            decoded = codec.decode(container)
+            t2 = time.perf_counter()
+            points.append({"codec": name, "bpp_target": bpp, "bpp": 8 * len(container.to_bytes()) / image.array.size,
+                           "psnr": psnr(image.array, decoded), "encode_s": t1 - t0, "decode_s": t2 - t1})
+            print(json.dumps(points[-1]))
+    result = {"name": "codec2d_speed", "command": "python experiments/codec2d_speed.py " + " ".join(sys.argv[1:]),
+              "image": f"RG1_UNCR.dcm centre {image.array.shape}, {image.array.dtype}", "points": points,
+              "machine": machine(), "date": datetime.now(UTC).isoformat(timespec="seconds")}
+    out = Path(args.out_dir)
+    atomic_write_text(out / "codec2d_speed.json", json.dumps(result, indent=2))
+    _plot(points, out / "codec2d_speed.png", result["image"])
+
+
+def _plot(points, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rd, speed) = plt.subplots(1, 2, figsize=(10, 4))
+    for name in dict.fromkeys(p["codec"] for p in points):
+        ps = [p for p in points if p["codec"] == name]
+        rd.plot([p["bpp"] for p in ps], [p["psnr"] for p in ps], "o-", label=name)
+        speed.plot([p["bpp"] for p in ps], [p["encode_s"] + p["decode_s"] for p in ps], "o-", label=name)
+    speed.axhline(5, color="grey", ls="--", lw=1, label="5 s (issue 19)")
+    rd.set(xlabel="bpp (file)", ylabel="PSNR dB", title=title)
+    speed.set(xlabel="bpp (file)", ylabel="encode + decode s", title="2 CPU cores" if len(points) else "")
+    for ax in (rd, speed):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
