@@ -16,8 +16,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
 from medcomp.bench import machine
 from medcomp.codecs.registry import get_codec
 from medcomp.data.block_datamodules import center_crop, sample_files
@@ -34,12 +32,15 @@ def main(argv=None):
     ap.add_argument("--codecs", nargs="+", default=["rnn_conv", "cal_vae"])
     ap.add_argument("--bpps", nargs="+", type=float, default=[0.125, 0.25, 0.375, 0.5, 0.75, 1.0])
     ap.add_argument("--size", type=int, default=1024)
+    ap.add_argument("--ckpt", nargs="*", default=[], metavar="CODEC=WEIGHTS", help="other weights than the shipped")
+    ap.add_argument("--name", default="codec2d_speed", help="result file name under --out-dir")
     ap.add_argument("--out-dir", default=str(ROOT / "experiments" / "results"))
     args = ap.parse_args(argv)
+    weights = dict(item.split("=", 1) for item in args.ckpt)
     image = center_crop(read_image(sample_files(["RG1_UNCR.dcm"])[0]), args.size)
     points = []
     for name in args.codecs:
-        codec = get_codec(name)
+        codec = get_codec(name, **({"ckpt": weights[name]} if name in weights else {}))
         codec.decode(codec.encode(image, Target(bpp=min(args.bpps))))  # loads the weights, warms the kernels
         for bpp in args.bpps:
             t0 = time.perf_counter()
@@ -50,12 +51,19 @@ def main(argv=None):
             points.append({"codec": name, "bpp_target": bpp, "bpp": 8 * len(container.to_bytes()) / image.array.size,
                            "psnr": psnr(image.array, decoded), "encode_s": t1 - t0, "decode_s": t2 - t1})
             print(json.dumps(points[-1]))
-    result = {"name": "codec2d_speed", "command": "python experiments/codec2d_speed.py " + " ".join(sys.argv[1:]),
+    result = {"name": args.name, "command": "python experiments/codec2d_speed.py " + " ".join(sys.argv[1:]),
+              "weights": {name: str(codec_weights(name, weights)) for name in args.codecs},
               "image": f"RG1_UNCR.dcm centre {image.array.shape}, {image.array.dtype}", "points": points,
               "machine": machine(), "date": datetime.now(UTC).isoformat(timespec="seconds")}
     out = Path(args.out_dir)
-    atomic_write_text(out / "codec2d_speed.json", json.dumps(result, indent=2))
-    _plot(points, out / "codec2d_speed.png", result["image"])
+    atomic_write_text(out / f"{args.name}.json", json.dumps(result, indent=2))
+    _plot(points, out / f"{args.name}.png", result["image"])
+
+
+def codec_weights(name: str, given: dict) -> str:
+    from medcomp.models.codec2d import default_weights
+
+    return given.get(name) or str(default_weights(name))
 
 
 def _plot(points, path, title):
