@@ -29,7 +29,6 @@ def target_from_cfg(compression: DictConfig) -> Target:
     return Target(ratio=compression.get("ratio"), bpp=compression.get("bpp"))
 
 
-
 def data_kind_of(name: str) -> str | None:
     """The ``data_kind`` a data config declares (the datasets take theirs from conf/data/_dataset.yaml)."""
     from omegaconf import OmegaConf

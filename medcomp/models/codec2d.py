@@ -196,7 +196,9 @@ class TrainedCodec(Codec):
         def container(knob, streams=None):
             header = {**image_header(image), "mapping": mapping, module.knob_name: knob, "weights_sha256": sha,
                       "weights_file": self.ckpt.name}
-            return Container(self.name, header, join_planes(streams or [module.stream(s, knob) for s in states]))
+            if streams is None:
+                streams = [module.stream(s, knob) for s in states]
+            return Container(self.name, header, join_planes(streams))
 
         def size_of(knob):
             lengths = [module.stream_length(s, knob) for s in states]
