@@ -38,6 +38,8 @@ bench: install
 	OMP_NUM_THREADS=1 $(BIN)/python experiments/unicompress_rd.py --inputs abdomen_ct isbi_em --budget-s 30 --name unicompress_rd
 	OMP_NUM_THREADS=1 $(BIN)/python experiments/unicompress_rd.py --inputs thorax_cta_b thorax_cta_a --budget-s 30 --name unicompress_rd_cta
 	$(BIN)/python experiments/codecs2d_rd.py
+	$(BIN)/python experiments/codec2d_speed.py
+	$(BIN)/python experiments/codecs2d_budget.py --minutes 3
 	$(BIN)/python experiments/analysis_auroc.py
 	$(BIN)/python experiments/scale.py --learned siren:75,150,300 unicompress:75@256 --fit-steps 20
 

@@ -25,6 +25,24 @@ def shared_data() -> Path | None:
     return p if p.is_dir() else None
 
 
+def xray_eval_images(shared: Path) -> list:
+    """The 2-D codecs' X-ray evaluation set: every image of cxr/samples (8-bit PNG/JPEG and the SIIM DICOM)."""
+    return [read_image(p) for p in sorted((shared / "cxr" / "samples").iterdir()) if p.is_file()]
+
+
+def ct_eval_slices(shared: Path) -> list:
+    """The 2-D codecs' CT evaluation set: the LIDC chest CT slice (int16 HU, 512²) and the middle axial slice of
+    each thoracic CTA crop."""
+    from medcomp.data.image import Image
+
+    images = [read_image(shared / "ct" / "chest_ct_slice.dcm")]
+    for crop in ("thorax_cta_crop_a.nii.gz", "thorax_cta_crop_b.nii.gz"):
+        vol = read_image(shared / "ct" / crop)
+        mid = vol.array.shape[0] // 2
+        images.append(Image(np.ascontiguousarray(vol.array[mid]), vol.spacing[1:] if vol.spacing else None,
+                            vol.meta, f"{vol.name}_z{mid}"))
+    return images
+
 
 def bd_metrics(ref: list[dict], test: list[dict]) -> dict:
     """BD-rate (%) and BD-PSNR (dB) of ``test`` against ``ref`` (bjontegaard package, Akima interpolation).
