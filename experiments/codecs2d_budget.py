@@ -29,13 +29,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from medcomp.bench import bd_metrics, ct_eval_slices, machine, rd_curves, rd_points, shared_data, xray_eval_images
-from medcomp.data.image import from_unit, restore_dtype, to_unit
+from medcomp.bench import (
+    bd_metrics,
+    ct_eval_slices,
+    machine,
+    rd_curves,
+    rd_points,
+    shared_data,
+    shared_data_or_exit,
+    xray_eval_images,
+)
+from medcomp.data.image import from_unit, restore_dtype
 from medcomp.data.image_corpus import ImagesDataModule
 from medcomp.metrics import psnr
-from medcomp.models.cal_vae import CalVAE
+from medcomp.models.cal_vae import CalVAE, optimiser_groups
+from medcomp.models.codec2d import normalise, pad_plane
 from medcomp.models.rnn_conv import RNNConv
 from medcomp.target import Target, fit_to_budget
 from medcomp.utils.atomic import atomic_path, atomic_write_text
@@ -74,11 +83,7 @@ class Trainee:
 
     def __init__(self, net: torch.nn.Module, lr: float, entropy_lr: float):
         self.net = net
-        density = {id(p) for m in net.modules() if isinstance(m, EntropyBottleneck) for p in m.parameters()}
-        groups = {"network": [], "density": [], "quantiles": []}
-        for name, p in net.named_parameters():
-            kind = "quantiles" if name.endswith(".quantiles") else "density" if id(p) in density else "network"
-            groups[kind].append(p)
+        groups = optimiser_groups(net)  # as CAL-VAE's own training groups them
         self.clipped = groups["network"] + groups["density"]
         self.opt = torch.optim.Adam([{"params": groups["network"], "lr": lr},
                                      {"params": groups["density"], "lr": entropy_lr},
@@ -177,13 +182,11 @@ def evaluate(trainee: Trainee, images, bpp: float | None = None) -> dict:
     total_bytes, total_pixels, psnrs = 0, 0, []
     for image in images:
         a = image.array
-        lo, hi = float(a.min()), float(a.max())
-        x = torch.from_numpy(to_unit(a.astype(np.float64), lo, hi).astype(np.float32))[None, None]
+        x, mapping = normalise(a)  # as the trained codecs do: [0, 1] by the image's own range, padded to the stride
         h, w = a.shape
-        s = trainee.stride
-        padded = F.pad(x, (0, -w % s, 0, -h % s), mode="replicate")
-        nbytes, x_hat = trainee.code(padded, bpp)
-        decoded = restore_dtype(from_unit(x_hat[0, 0, :h, :w].clamp(0, 1).double().numpy(), lo, hi), a.dtype.name)
+        nbytes, x_hat = trainee.code(pad_plane(torch.from_numpy(x), trainee.stride), bpp)
+        unit = x_hat[0, 0, :h, :w].clamp(0, 1).double().numpy()
+        decoded = restore_dtype(from_unit(unit, mapping["lo"], mapping["hi"]), a.dtype.name)
         total_bytes, total_pixels = total_bytes + nbytes, total_pixels + a.size
         psnrs.append(psnr(a, decoded))
     return {"bpp": 8 * total_bytes / total_pixels, "psnr": float(np.mean(psnrs))}
@@ -231,9 +234,7 @@ def main(argv=None):
     ap.add_argument("--out-dir", default=str(ROOT / "experiments" / "results"))
     args = ap.parse_args(argv)
     command = "python experiments/codecs2d_budget.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    shared = shared_data()
-    if shared is None:
-        sys.exit("no ../shared/data (set MEDCOMP_SHARED_DATA): this benchmark trains and evaluates on it")
+    shared = shared_data_or_exit("trains and evaluates on it")
     torch.set_num_threads(args.threads)
     data = corpus(args.crop, args.batch, args.seed)
     groups = {"xray": xray_eval_images(shared), "ct": ct_eval_slices(shared)}

@@ -27,7 +27,7 @@ from medcomp.bench import (
     plot_rd,
     rd_curves,
     rd_points,
-    shared_data,
+    shared_data_or_exit,
     xray_eval_images,
 )
 from medcomp.models.codec2d import default_weights, load_weights
@@ -48,9 +48,7 @@ def main(argv=None):
     ap.add_argument("--out-dir", default=str(ROOT / "experiments" / "results"))
     args = ap.parse_args(argv)
     command = "python experiments/codecs2d_rd.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    shared = shared_data()
-    if shared is None:
-        sys.exit("no ../shared/data (set MEDCOMP_SHARED_DATA): this benchmark runs on its X-rays and CT")
+    shared = shared_data_or_exit("runs on its X-rays and CT")
     weights = {}
     for name in ("cal_vae", "rnn_conv"):
         if name in args.codecs:

@@ -19,7 +19,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from medcomp.bench import machine, shared_data
+from medcomp.bench import machine, shared_data_or_exit
 from medcomp.data.blocks import plan_blocks, split_blocks
 from medcomp.data.catalogue import list_cases
 from medcomp.data.catalogue_datamodule import case_transforms, monai_dataset
@@ -63,9 +63,7 @@ def main(argv=None):
     ap.add_argument("--out-dir", default=str(ROOT / "experiments" / "results"))
     args = ap.parse_args(argv)
     command = "python experiments/data_throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    shared = shared_data()
-    if shared is None:
-        sys.exit("no ../shared/data (set MEDCOMP_SHARED_DATA): this benchmark reads its real CT volumes")
+    shared = shared_data_or_exit("reads its real CT volumes")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = msd_layout(Path(tmp) / "msd", shared / "ct")

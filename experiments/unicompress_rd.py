@@ -35,7 +35,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from medcomp.bench import bd_metrics, earlier_result, machine, plot_rd, shared_data
+from medcomp.bench import bd_metrics, earlier_result, machine, plot_rd, shared_data, shared_data_or_exit
 from medcomp.callbacks import FilePsnrTrace
 from medcomp.codecs.registry import decode_container, get_codec
 from medcomp.config import compose
@@ -287,8 +287,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
     command = "python experiments/unicompress_rd.py " + " ".join(given)
-    if shared_data() is None:
-        sys.exit("no ../shared/data (set MEDCOMP_SHARED_DATA): this benchmark runs on its real CT and EM")
+    shared_data_or_exit("runs on its real CT and EM")
     settings = {k: v for k, v in vars(args).items() if k not in ("resume", "out_dir")}
     out = Path(args.out_dir)
     earlier = earlier_result(out / f"{args.name}.json", settings) if args.resume else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,6 +24,14 @@ def shared_data() -> Path | None:
     """The project's shared real data (``../shared/data`` beside the checkout, or $MEDCOMP_SHARED_DATA)."""
     p = Path(os.environ.get("MEDCOMP_SHARED_DATA", REPO.parent / "shared" / "data"))
     return p if p.is_dir() else None
+
+
+def shared_data_or_exit(needs: str) -> Path:
+    """The shared data, or exit with one line saying what the benchmark ``needs`` it for."""
+    shared = shared_data()
+    if shared is None:
+        sys.exit(f"no ../shared/data (set MEDCOMP_SHARED_DATA): this benchmark {needs}")
+    return shared
 
 
 def xray_eval_images(shared: Path) -> list:

@@ -39,6 +39,16 @@ from medcomp.nn.wavelet import haar_dwt, haar_idwt
 LAMBDAS = (0.00045, 0.0009, 0.0018, 0.0035, 0.0067, 0.013, 0.025, 0.0483, 0.0932, 0.18)
 
 
+def optimiser_groups(net: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """A learned codec's parameters by what trains them: ``network``; ``density``, every EntropyBottleneck's density
+    (its own learning rate: see ``entropy_lr``); ``quantiles``, fitted by the entropy model's aux loss alone."""
+    density = {id(p) for m in net.modules() if isinstance(m, EntropyBottleneck) for p in m.parameters()}
+    groups = {"network": [], "density": [], "quantiles": []}
+    for name, p in net.named_parameters():
+        groups["quantiles" if name.endswith(".quantiles") else "density" if id(p) in density else "network"].append(p)
+    return groups
+
+
 def down(cin: int, cout: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(cin, cout, 5, 2, 2), GDN(cout))
 
@@ -159,11 +169,7 @@ class CalVAE(ImageCodecModule):
         self.log_dict({f"train/{k}": v for k, v in logs.items()} | {"train/aux": aux}, prog_bar=True)
 
     def configure_optimizers(self):
-        groups = {"network": [], "density": [], "quantiles": []}
-        for name, p in self.named_parameters():
-            kind = "quantiles" if name.endswith(".quantiles") else "density" if name.startswith("entropy.") else "network"
-            groups[kind].append(p)
-        hp = self.hparams
+        groups, hp = optimiser_groups(self), self.hparams
         return torch.optim.Adam([{"params": groups["network"], "lr": hp.lr},
                                  {"params": groups["density"], "lr": hp.entropy_lr},
                                  {"params": groups["quantiles"], "lr": hp.aux_lr}])

@@ -192,7 +192,8 @@ class TrainedCodec(Codec):
         x, mapping = normalise(image.array)
         planes = x if x.ndim == 3 else x[None]
         with torch.no_grad():  # one tile at a time: the network's activations never span the whole image
-            states = [module.analyse(_pad(torch.from_numpy(np.ascontiguousarray(planes[p, rows, cols])), module.stride))
+            states = [module.analyse(pad_plane(torch.from_numpy(np.ascontiguousarray(planes[p, rows, cols])),
+                                               module.stride))
                       for p, rows, cols in tiles(planes.shape, TILE)]
 
         def container(knob, streams=None):
@@ -242,8 +243,7 @@ class TrainedCodec(Codec):
         with torch.no_grad():
             for (p, rows, cols), data in zip(placed, streams):
                 h, w = rows.stop - rows.start, cols.stop - cols.start
-                padded = (-(-h // module.stride) * module.stride, -(-w // module.stride) * module.stride)
-                x[p, rows, cols] = module.synthesise(data, knob, padded)[:h, :w].double().numpy()
+                x[p, rows, cols] = module.synthesise(data, knob, padded_size((h, w), module.stride))[:h, :w].double().numpy()
         np.clip(x, 0.0, 1.0, out=x)  # the original lies in [lo, hi]
         lo, hi = header["mapping"]["lo"], header["mapping"]["hi"]
         return restore_dtype(from_unit(x.reshape(shape), lo, hi), header["dtype"])
@@ -262,10 +262,14 @@ def tiles(planes_shape: tuple[int, ...], tile: int) -> list[tuple[int, slice, sl
             for p in range(n) for r in range(0, h, tile) for c in range(0, w, tile)]
 
 
-def _pad(plane: torch.Tensor, stride: int) -> torch.Tensor:
-    """(H, W) → (1, 1, H', W') with H', W' multiples of ``stride`` (edge replication)."""
-    h, w = plane.shape
-    ph, pw = -(-h // stride) * stride - h, -(-w // stride) * stride - w
+def padded_size(hw: tuple[int, int], stride: int) -> tuple[int, int]:
+    """(H', W'): each side rounded up to a multiple of ``stride``, as the networks take them."""
+    return -(-hw[0] // stride) * stride, -(-hw[1] // stride) * stride
+
+
+def pad_plane(plane: torch.Tensor, stride: int) -> torch.Tensor:
+    """(H, W) → (1, 1, H', W') of :func:`padded_size` (edge replication)."""
+    (h, w), (ph, pw) = plane.shape, padded_size(plane.shape, stride)
     x = plane[None, None]
-    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+    return F.pad(x, (0, pw - w, 0, ph - h), mode="replicate") if (ph, pw) != (h, w) else x
 
