@@ -80,9 +80,11 @@ def learned_cfg(model: str, ratio: float, steps: int, out_dir: str, extra=()):
                     "++save_final_checkpoint=false", *extra])
 
 
-def steps_for_budget(model: str, image, ratio: float, budget_s: float, out_dir: str, extra=(), probe: int = 16) -> int:
+def steps_for_budget(model: str, image, ratio: float, budget_s: float, out_dir: str, extra=(), probe: int = 32) -> int:
     """Steps that fill ``budget_s`` of fit time: seconds per step from a ``probe``-step fit (its first steps, which
-    include one-off warm-up, are left out of the rate)."""
+    include one-off warm-up, are left out of the rate). UniCompress steps are dearer before its codes freeze (a
+    quarter of the fit) than after; the probe has both kinds, in about the fit's mix (the fit's own time is
+    recorded beside each point as encode_s)."""
     clock = StepClock()
     fit(learned_cfg(model, ratio, probe, out_dir, extra), images=[image], extra_callbacks=[clock])
     per_step = (clock.times[-1] - clock.times[3]) / (len(clock.times) - 4)

@@ -99,15 +99,16 @@ def test_rans_beats_fixed_width_on_peaked_data():
     assert packed[0] == 1 and len(packed) < 0.8 * (s.size * int(s.max() - s.min()).bit_length() / 8)
 
 
-def _container(top=511, width=6, depth=3, code_dim=3, coordinates="image"):
+def _container(top=511, width=6, depth=3, code_dim=3, coordinates="image", params=None, groups=1):
     rng = np.random.default_rng(0)
     image = Image(smooth_volume((20, 24)), None, name="t")
     layout = plan_blocks(image.array.shape, (10, 12))
-    params = [rng.normal(0, 0.3, s).astype(np.float32) for s in siren_shapes(width, depth, 2 + code_dim)]
+    drawn = [rng.normal(0, 0.3, s).astype(np.float32) for s in siren_shapes(width, depth, 2 + code_dim)]
+    params = drawn if params is None else params
     codebook = rng.normal(0, 1, (8, code_dim)).astype(np.float32)
     idx = np.array([3, 3, 5, 1])
     return image, unicompress_container(image, layout, (-1000.0, 1500.0), width, depth, 30.0, code_dim, top, 8,
-                                        params, codebook, idx, coordinates=coordinates)
+                                        params, codebook, idx, coordinates=coordinates, groups=groups)
 
 
 def test_bitstream_round_trip_is_bit_exact_in_another_process(tmp_path):
@@ -137,6 +138,64 @@ def test_block_and_image_frames_decode_differently():
     _, img_frame = _container(coordinates="image")
     _, blk_frame = _container(coordinates="block")
     assert not np.array_equal(decode_unicompress(img_frame), decode_unicompress(blk_frame))
+
+
+def test_each_group_of_blocks_decodes_with_its_own_siren():
+    """Two groups over a 2 × 2 block grid: group 0 is the first two blocks in raster order (the top half). With the
+    one-network weights in group 0 and other weights in group 1, the top half is the one-network image, the bottom
+    half is not; with the same weights in both, the whole image is."""
+    _, one = _container()
+    single = decode_unicompress(one)
+    rng = np.random.default_rng(0)
+    first = [rng.normal(0, 0.3, s).astype(np.float32) for s in siren_shapes(6, 3, 5)]  # _container's weights
+    other = [a[:, ::-1, ::-1] * np.float32(0.5) for a in first]  # smaller: each tensor's quantiser step is unchanged
+    _, same = _container(params=[np.concatenate([a, a]) for a in first], groups=2)
+    assert same.header["groups"] == 2 and "groups" not in one.header  # one-network files keep their old header
+    np.testing.assert_array_equal(decode_unicompress(same), single)
+    _, mixed = _container(params=[np.concatenate([a, b]) for a, b in zip(first, other)], groups=2)
+    decoded = decode_unicompress(mixed)
+    np.testing.assert_array_equal(decoded[:10], single[:10])
+    assert not np.array_equal(decoded[10:], single[10:])
+
+
+@pytest.mark.parametrize("groups", [3, 0, "2"])
+def test_groups_that_do_not_divide_the_blocks_are_a_corrupt_file(groups):
+    from medcomp.errors import CorruptFileError
+
+    _, c = _container()
+    c.header["groups"] = groups
+    with pytest.raises(CorruptFileError, match="SIREN groups do not divide 4 blocks"):
+        decode_unicompress(c)
+
+
+def test_split_width_keeps_the_parameters_in_the_fewest_groups_narrow_enough():
+    from medcomp.models.unicompress import split_width
+    from medcomp.nn.siren import siren_param_count, width_for_budget
+
+    params = 43_000
+    assert split_width(params, 4, 11, 64, None) == (width_for_budget(params, 4, 11), 1)
+    width, groups = split_width(params, 4, 11, 64, 64)
+    assert 64 % groups == 0 and width <= 64 and groups * siren_param_count(width, 4, 11) <= params
+    assert width_for_budget(params / (groups // 2), 4, 11) > 64  # half as many groups would be too wide
+    assert split_width(params, 4, 11, 7, 20)[1] == 7  # a prime block count: one network per block
+    assert split_width(2000, 4, 11, 64, 64) == (width_for_budget(2000, 4, 11), 1)  # narrow already
+
+
+def test_grouped_teacher_and_student_write_files_that_decode(tmp_path):
+    """model.max_width below the width the target allows: the teacher and a (no-KD) student both split their SIREN
+    over the same groups of blocks, and their files decode to the image's shape."""
+    from medcomp.codecs.registry import decode_container
+    from medcomp.config import compose
+    from medcomp.fitting import fit
+
+    image = Image(smooth_volume((16, 48, 48)), (1.0, 1.0, 1.0), name="v")
+    for model in ("model=unicompress", "experiment=unicompress_nokd"):
+        cfg = compose([model, *VOLUME_ARGS, "model.fit_steps=2", "model.max_width=8", "logger=none",
+                       "callbacks=none", "+save_final_checkpoint=false", f"paths.output_dir={tmp_path / model[-4:]}"])
+        fitted = fit(cfg, images=[image], target=Target(ratio=24))
+        c = fitted.model.export()[0]
+        assert fitted.model.groups[0] > 1 and c.header["groups"] == fitted.model.groups[0]
+        assert c.header["width"] <= 8 and decode_container(c).array.shape == image.array.shape
 
 
 def test_only_used_codewords_are_stored():

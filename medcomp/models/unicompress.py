@@ -57,8 +57,11 @@ def extract_tokens(extractor, blocks: torch.Tensor, parts=PARTS, chunk: int = 25
 def unicompress_container(image: Image, layout: BlockLayout, value_range, width: int, depth: int, w0: float,
                           code_dim: int, weight_top: int, codebook_bits: int, siren_params: list[np.ndarray],
                           codebook: np.ndarray, indices: np.ndarray, codec: str = "unicompress",
-                          coordinates: str = "block", w0_hidden: float | None = None) -> Container:
-    """Quantise and pack everything the decoder needs. Only the codewords some block uses are stored."""
+                          coordinates: str = "block", w0_hidden: float | None = None, groups: int = 1) -> Container:
+    """Quantise and pack everything the decoder needs. Only the codewords some block uses are stored.
+
+    ``groups``: SIRENs in the file, each for an equal run of consecutive blocks (raster order). Written to the header
+    only when > 1, so one-network files keep the bytes they had before the option existed."""
     used, remapped = np.unique(indices, return_inverse=True)
     w_ints, w_scales = quantize(siren_params, weight_top)
     c_ints, c_scales = quantize([codebook[used]], top_for_bits(codebook_bits))
@@ -66,6 +69,8 @@ def unicompress_container(image: Image, layout: BlockLayout, value_range, width:
               "width": width, "depth": depth, "w0": w0,
               "w0_hidden": w0 if w0_hidden is None else w0_hidden, "code_dim": code_dim, "n_codes": int(used.size),
               "weight_levels": 2 * weight_top + 1, "codebook_bits": codebook_bits, "coordinates": coordinates}
+    if groups > 1:
+        header["groups"] = groups
     sections = {"w": pack_symbols(w_ints), "ws": w_scales.astype("<f4").tobytes(), "cb": pack_symbols(c_ints),
                 "cs": c_scales.astype("<f4").tobytes(), "idx": pack_symbols(remapped)}
     return Container(codec, header, sections)
@@ -77,14 +82,17 @@ def decode_unicompress(container: Container, chunk_points: int = 1 << 18) -> np.
     layout = BlockLayout.from_dict(h["layout"])
     d, n = len(layout.block), layout.n_blocks
     in_dim = d + h["code_dim"]
-    shapes = siren_shapes(h["width"], h["depth"], in_dim)
+    groups = h.get("groups", 1)
+    if not isinstance(groups, int) or groups < 1 or n % groups:
+        raise CorruptFileError(f"corrupt .mcz: {groups!r} SIREN groups do not divide {n} blocks")
+    shapes = siren_shapes(h["width"], h["depth"], in_dim, n_nets=groups)
     params = dequantize(unpack_symbols(container.sections["w"]), np.frombuffer(container.sections["ws"], "<f4"), shapes)
     codebook = dequantize(unpack_symbols(container.sections["cb"]), np.frombuffer(container.sections["cs"], "<f4"),
                           [(h["n_codes"], h["code_dim"])])[0]
     idx = unpack_symbols(container.sections["idx"])
     if idx.size != n or (idx.size and (idx.min() < 0 or idx.max() >= h["n_codes"])):
         raise CorruptFileError("corrupt .mcz: block indices do not match the header")
-    net = BatchedSiren(1, in_dim, h["width"], h["depth"], 1, h["w0"], h.get("w0_hidden"))  # older files: one w0
+    net = BatchedSiren(groups, in_dim, h["width"], h["depth"], 1, h["w0"], h.get("w0_hidden"))  # older: one w0
     try:  # files written before the option used the block frame
         coords, corners = block_coordinates(layout, h.get("coordinates", "block"))
     except ValueError as exc:
@@ -94,17 +102,38 @@ def decode_unicompress(container: Container, chunk_points: int = 1 << 18) -> np.
             p.copy_(torch.from_numpy(v))
     codes = torch.from_numpy(codebook)[torch.from_numpy(idx)]
     v = coords.shape[0]
-    per = max(1, chunk_points // v)
+    per_group = n // groups
+    per = min(per_group, max(1, chunk_points // v))
     value_range = np.asarray(h["range"], dtype=np.float32)[None]
 
-    def chunks():  # a group of blocks at a time: memory is the output plus one group's activations
-        for i in range(0, n, per):
-            c = codes[i : i + per]
-            inp = torch.cat([corners[i : i + per, None, :] + coords, c[:, None, :].expand(-1, v, -1)], dim=-1)
-            values = net(inp.reshape(1, -1, in_dim)).reshape(c.shape[0], v).numpy()
-            yield i, denormalise(values, np.repeat(value_range, c.shape[0], axis=0))
+    def chunks():  # a run of blocks at a time (within one group): memory is the output plus one run's activations
+        for g in range(groups):
+            for i in range(g * per_group, (g + 1) * per_group, per):
+                j = min(i + per, (g + 1) * per_group)
+                c = codes[i:j]
+                inp = torch.cat([corners[i:j, None, :] + coords, c[:, None, :].expand(-1, v, -1)], dim=-1)
+                values = net(inp.reshape(1, -1, in_dim), nets=slice(g, g + 1)).reshape(j - i, v).numpy()
+                yield i, denormalise(values, np.repeat(value_range, j - i, axis=0))
 
     return assemble_blocks(layout, h["dtype"], chunks())
+
+
+def split_width(params: float, depth: int, in_dim: int, n_blocks: int, max_width: int | None) -> tuple[int, int]:
+    """(width, groups) for ``params`` SIREN parameters: one network (the paper's), or, when its width would pass
+    ``max_width``, the fewest equal groups of consecutive blocks (a divisor of ``n_blocks``) whose networks are at
+    most that wide. Why: a step costs ∝ width², so at a low ratio one wide SIREN gets few steps in a fixed time and is
+    under-fitted (abdomen CT, CR 64, 30 s: width 202, 208 steps, below per-block SIREN); G networks of width w/√G
+    hold the same parameters at 1/G of the cost a point."""
+    best = (width_for_budget(params, depth, in_dim), 1)
+    for groups in range(2, n_blocks + 1):
+        if not max_width or best[0] <= max_width:
+            break
+        if n_blocks % groups == 0:
+            w = width_for_budget(params / groups, depth, in_dim)
+            if w < 2:
+                break
+            best = (w, groups)
+    return best
 
 
 class UniCompress(BuiltInSetup, L.LightningModule):
@@ -116,6 +145,7 @@ class UniCompress(BuiltInSetup, L.LightningModule):
                  codebook_size: int = 256, max_codebook_fraction: float = 0.35, weight_bits_min: int = 8,
                  weight_bits_max: int = 16, codebook_bits: int = 8, freeze_codes_at: float = 0.75,
                  lr_reference_width: int = 20, coordinates: str = "image", collapse_check_every: int = 10,
+                 max_width: int | None = None,
                  d_model: int = 64, heads: int = 4,
                  beta: float = 0.25, parts: list[str] = PARTS, extractor_ckpt: str | None = "auto",
                  fit_steps: int = 1500, target: Target | None = None):
@@ -131,6 +161,7 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         self.sirens = torch.nn.ModuleList()
         self.quantizers = torch.nn.ModuleList()
         self.widths: list[int] = []
+        self.groups: list[int] = []  # per image: SIRENs, each for an equal run of consecutive blocks
         self.output_spread: list[torch.Tensor] = []  # per image: sd of the SIREN's output ÷ sd of the values, last step
         self.fusion = None
         self.extractor_source = None
@@ -151,7 +182,8 @@ class UniCompress(BuiltInSetup, L.LightningModule):
             log.info("codebook %d → %d entries to fit %.0f bytes", hp.codebook_size, k, budget)
         return k
 
-    def _solve_width(self, image, layout, k: int) -> int:
+    def _solve_width(self, image, layout, k: int) -> tuple[int, int]:
+        """(width, groups): the SIREN width that the byte target leaves, and into how many networks it is split."""
         hp = self.hparams
         budget = self.target.target_bytes(image)
         in_dim = len(layout.block) + hp.code_dim
@@ -165,7 +197,7 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         if width < 2:
             raise MedcompError(f"{image.name}: target {self.target.describe()} ({budget:.0f} bytes) leaves no room for "
                                f"the shared SIREN after {fixed} bytes of codebook, indices and header")
-        return width
+        return split_width(params, hp.depth, in_dim, layout.n_blocks, hp.max_width)
 
     def setup(self, stage=None):
         if len(self.sirens):
@@ -178,9 +210,10 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         extractor = self._build_extractor(dims.pop())
         for i, (image, layout, blocks) in enumerate(zip(dm.images, dm.layouts, dm.blocks)):
             k = self._codebook_size(self.target.target_bytes(image), layout.n_blocks)
-            width = self._solve_width(image, layout, k)
+            width, groups = self._solve_width(image, layout, k)
             self.widths.append(width)
-            self.sirens.append(BatchedSiren(1, len(layout.block) + hp.code_dim, width, hp.depth, 1, hp.w0,
+            self.groups.append(groups)
+            self.sirens.append(BatchedSiren(groups, len(layout.block) + hp.code_dim, width, hp.depth, 1, hp.w0,
                                             hp.w0_hidden))
             self.quantizers.append(VectorQuantizer(k, hp.code_dim, hp.beta))
             local, corners = block_coordinates(layout, hp.coordinates)
@@ -193,7 +226,8 @@ class UniCompress(BuiltInSetup, L.LightningModule):
             self.register_buffer(f"tokens_{i}", tokens, persistent=False)
         self.fusion = AttentionFusion(len(self.parts), extractor.n_tokens, extractor.out_dim, hp.d_model, hp.heads,
                                       hp.code_dim)
-        log.info("unicompress: SIREN widths %s, extractor %s", self.widths, self.extractor_source)
+        log.info("unicompress: SIREN widths %s (groups %s), extractor %s", self.widths, self.groups,
+                 self.extractor_source)
 
     # --- training --------------------------------------------------------------------------------------------
 
@@ -202,18 +236,24 @@ class UniCompress(BuiltInSetup, L.LightningModule):
 
     def describe(self) -> dict:
         """What metrics.json records about the fitted model."""
-        return {"inr_parameters": self.inr_parameters(), "widths": list(self.widths),
+        return {"inr_parameters": self.inr_parameters(), "widths": list(self.widths), "groups": list(self.groups),
                 "codebook_sizes": [int(q.codebook.shape[0]) for q in self.quantizers], "extractor": self.extractor_source}
 
     def codes(self, i: int):
+        """(fusion output z, codes q, indices, commitment loss) of image i's blocks. Once the assignment is frozen,
+        z can change nothing in the file (the indices are fixed; q's value and its gradient to the codebook do not
+        depend on z), so the fusion is skipped: z is None and the step is cheaper (abdomen CT, CR 64: ≈ 20 %)."""
+        vq = self.quantizers[i]
+        if vq.frozen_idx is not None:
+            return None, vq.codebook[vq.frozen_idx], vq.frozen_idx, vq.codebook.new_zeros(())
         z = self.fusion(list(getattr(self, f"tokens_{i}").unbind(0)))
-        return z, *self.quantizers[i](z)
+        return z, *vq(z)
 
     def point_inputs(self, i: int, q: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """SIREN input of the sampled points ``idx`` (N, P) of image i's blocks: coordinates ⊕ the block's code."""
         coords = getattr(self, f"corners_{i}")[:, None, :] + getattr(self, f"coords_{i}")[idx]  # (N, P, d)
         inp = torch.cat([coords, q[:, None, :].expand(-1, idx.shape[1], -1)], dim=-1)
-        return inp.reshape(1, -1, inp.shape[-1])
+        return inp.reshape(self.groups[i], -1, inp.shape[-1])  # blocks in raster order: group g is the g-th run
 
     def predict_points(self, i: int, q: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return self.sirens[i](self.point_inputs(i, q, idx)).reshape(idx.shape)
@@ -278,11 +318,11 @@ class UniCompress(BuiltInSetup, L.LightningModule):
     def configure_optimizers(self):
         # The attention fusion needs a transformer-sized step; INR and codebook fit fast (measured on data=sample:
         # one shared lr of 5e-3 collapsed every block onto one or two codewords).
-        groups = [{"params": self.slow_parameters(), "lr": self.hparams.fusion_lr}]
-        groups += [{"params": list(net.parameters()), "lr": self.siren_lr(w)} for net, w in self.siren_widths()]
-        taken = {id(p) for g in groups for p in g["params"]}
-        groups.append({"params": [p for p in self.parameters() if id(p) not in taken], "lr": self.hparams.lr})
-        opt = torch.optim.Adam(groups)
+        param_groups = [{"params": self.slow_parameters(), "lr": self.hparams.fusion_lr}]
+        param_groups += [{"params": list(net.parameters()), "lr": self.siren_lr(w)} for net, w in self.siren_widths()]
+        taken = {id(p) for g in param_groups for p in g["params"]}
+        param_groups.append({"params": [p for p in self.parameters() if id(p) not in taken], "lr": self.hparams.lr})
+        opt = torch.optim.Adam(param_groups)
         steps = max(1, self.trainer.max_steps if self.trainer.max_steps > 0 else self.hparams.fit_steps)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=self.hparams.fusion_lr * 0.05)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -299,7 +339,7 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         def build(top):
             return unicompress_container(image, layout, value_range, width, hp.depth, hp.w0, hp.code_dim, top,
                                          hp.codebook_bits, params, codebook, idx, self.codec_name, hp.coordinates,
-                                         siren.w0_hidden)
+                                         siren.w0_hidden, siren.weights[0].shape[0])
 
         return fill_budget(build, self.target.target_bytes(image), top_for_bits(hp.weight_bits_min),
                            top_for_bits(hp.weight_bits_max))

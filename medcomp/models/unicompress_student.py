@@ -68,6 +68,7 @@ class UniCompressStudent(UniCompress):
                                       self.teacher.hparams.heads, self.teacher.hparams.code_dim)
         depth, d = self.teacher.hparams.depth, len(dm.layouts[0].block)
         in_dim = d + self.teacher.hparams.code_dim
+        self.groups = list(self.teacher.groups)  # the student's SIRENs cover the same runs of blocks
         for i, (teacher_width, blocks, layout) in enumerate(zip(self.teacher.widths, dm.blocks, dm.layouts)):
             budget = hp.max_param_ratio * siren_param_count(teacher_width, depth, in_dim)
             width = min(teacher_width, width_for_budget(budget, depth, in_dim))
@@ -75,7 +76,8 @@ class UniCompressStudent(UniCompress):
                 raise MedcompError(f"a teacher SIREN of width {teacher_width} leaves no student within "
                                    f"{hp.max_param_ratio} x its parameters; raise model.max_param_ratio")
             self.student_widths.append(width)
-            self.student_sirens.append(BatchedSiren(1, in_dim, width, depth, 1, hp.w0, self.teacher.sirens[i].w0_hidden))
+            self.student_sirens.append(BatchedSiren(self.groups[i], in_dim, width, depth, 1, hp.w0,
+                                                    self.teacher.sirens[i].w0_hidden))
             self.register_buffer(f"blocks_{i}", blocks.reshape((-1, 1) + layout.block), persistent=False)
             for name in (f"coords_{i}", f"corners_{i}"):
                 self.register_buffer(name, getattr(self.teacher, name), persistent=False)
