@@ -82,12 +82,17 @@ def learned_cfg(model: str, ratio: float, steps: int, out_dir: str, extra=()):
 
 def steps_for_budget(model: str, image, ratio: float, budget_s: float, out_dir: str, extra=(), probe: int = 32) -> int:
     """Steps that fill ``budget_s`` of fit time: seconds per step from a ``probe``-step fit (its first steps, which
-    include one-off warm-up, are left out of the rate). UniCompress steps are dearer before its codes freeze (a
-    quarter of the fit) than after; the probe has both kinds, in about the fit's mix (the fit's own time is
-    recorded beside each point as encode_s)."""
+    include one-off warm-up, are left out of the rate). UniCompress steps are dearer before its codes freeze
+    (model.freeze_codes_at of the fit) than after: both kinds are timed and weighted by their share of the fit (the
+    fit's own time is recorded beside each point as encode_s)."""
     clock = StepClock()
-    fit(learned_cfg(model, ratio, probe, out_dir, extra), images=[image], extra_callbacks=[clock])
-    per_step = (clock.times[-1] - clock.times[3]) / (len(clock.times) - 4)
+    cfg = learned_cfg(model, ratio, probe, out_dir, extra)
+    fit(cfg, images=[image], extra_callbacks=[clock])
+    step_s = np.diff(clock.times)  # step_s[k]: step k + 1
+    frozen_from = int(cfg.model.get("freeze_codes_at", 0) * probe)  # UniCompress: steps before it are dearer
+    dear, cheap = step_s[3 : max(frozen_from - 1, 3)], step_s[max(frozen_from - 1, 3) :]
+    share = frozen_from / probe if dear.size else 0.0
+    per_step = share * (dear.mean() if dear.size else 0.0) + (1 - share) * cheap.mean()
     return max(probe, int(budget_s / per_step))
 
 
