@@ -246,8 +246,22 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         vq = self.quantizers[i]
         if vq.frozen_idx is not None:
             return None, vq.codebook[vq.frozen_idx], vq.frozen_idx, vq.codebook.new_zeros(())
-        z = self.fusion(list(getattr(self, f"tokens_{i}").unbind(0)))
+        z = self.fused(i)
         return z, *vq(z)
+
+    def fused(self, i: int) -> torch.Tensor:
+        """The attention fusion's vector for each of image i's blocks (before quantisation)."""
+        return self.fusion(list(getattr(self, f"tokens_{i}").unbind(0)))
+
+    def at_freeze_step(self) -> bool:
+        """True at the step where the block assignments are fixed (``freeze_codes_at`` of the fit)."""
+        return self.trainer.max_steps > 0 and self.global_step == int(self.hparams.freeze_codes_at * self.trainer.max_steps)
+
+    @torch.no_grad()
+    def freeze_codes(self) -> None:
+        """Fix each block's codeword for the rest of the fit (see VectorQuantizer.freeze)."""
+        for i, vq in enumerate(self.quantizers):
+            vq.freeze(self.fused(i))
 
     def point_inputs(self, i: int, q: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """SIREN input of the sampled points ``idx`` (N, P) of image i's blocks: coordinates ⊕ the block's code."""
@@ -274,11 +288,8 @@ class UniCompress(BuiltInSetup, L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx):
         self.restart_collapsed_sirens()
-        # Fix each block's codeword for the rest of the fit (see VectorQuantizer.freeze).
-        if self.trainer.max_steps > 0 and self.global_step == int(self.hparams.freeze_codes_at * self.trainer.max_steps):
-            with torch.no_grad():
-                for i, vq in enumerate(self.quantizers):
-                    vq.freeze(self.fusion(list(getattr(self, f"tokens_{i}").unbind(0))))
+        if self.at_freeze_step():
+            self.freeze_codes()
 
     def restart_collapsed_sirens(self, floor: float = 0.15, min_w0_hidden: float = 10.0) -> None:
         """A SIREN whose output has collapsed to a near-constant (sd < ``floor`` × the values' sd) is restarted in

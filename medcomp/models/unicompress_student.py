@@ -114,10 +114,10 @@ class UniCompressStudent(UniCompress):
         assignment (``teacher_idx`` when the caller has it), no student encoder (z is None). ``own``: the student's
         encoder, skipped too once the assignments are frozen (it can change nothing in the file then)."""
         vq = self.teacher.quantizers[i]  # the shared codebook
-        if self.hparams.block_codes == "teacher" or self.frozen_student_idx.get(i) is not None:
-            idx = self.frozen_student_idx.get(i)
-            if idx is None:
-                idx = teacher_idx if teacher_idx is not None else self.teacher.codes(i)[2]
+        idx = self.frozen_student_idx.get(i)
+        if idx is None and self.hparams.block_codes == "teacher":
+            idx = teacher_idx if teacher_idx is not None else self.teacher.codes(i)[2]
+        if idx is not None:
             return None, vq.codebook[idx], idx
         z = self.fusion([self.extractor(getattr(self, f"blocks_{i}"))])
         idx = vq.nearest(z.detach())
@@ -160,10 +160,10 @@ class UniCompressStudent(UniCompress):
         """At ``freeze_codes_at`` of the fit, both assignments are fixed, as in the teacher's own fit: from then on
         neither encoder runs (the student's trainable 3-D extractor over every block made its steps ≈ 15× dearer than
         the teacher's: abdomen CT, CR 256, 30 s: 53 steps against 817) and the SIRENs and codebook train alone."""
-        if self.trainer.max_steps > 0 and self.global_step == int(self.hparams.freeze_codes_at * self.trainer.max_steps):
+        if self.at_freeze_step():
+            self.teacher.freeze_codes()
             with torch.no_grad():
-                for i, vq in enumerate(self.teacher.quantizers):
-                    vq.freeze(self.teacher.fusion(list(getattr(self.teacher, f"tokens_{i}").unbind(0))))
+                for i in range(len(self.student_sirens)):
                     self.frozen_student_idx[i] = self.student_codes(i)[2]
 
     @torch.no_grad()
