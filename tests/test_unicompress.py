@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from medcomp.codecs.container import Container
-from medcomp.codecs.entropy import decode_symbols, encode_symbols
+from medcomp.codecs.entropy import MAX_ALPHABET, decode_symbols, decode_uniform, encode_symbols, encode_uniform
 from medcomp.codecs.quantize import _bitpack, pack_symbols, unpack_symbols
 from medcomp.data.blocks import plan_blocks
 from medcomp.data.image import Image
+from medcomp.errors import CorruptFileError
 from medcomp.models.unicompress import decode_unicompress, siren_shapes, unicompress_container
 from medcomp.nn.vq import VectorQuantizer
 from medcomp.nn.wavelet import haar_dwt, haar_idwt
@@ -84,13 +85,44 @@ def test_sparse_wide_alphabet_round_trips():
 
 
 @pytest.mark.parametrize("n", [0, 1, 24, 25, 40, 41, 1000])
-def test_packing_keeps_the_smaller_of_both_encodings(n):
-    """Skipping rANS early must not change the choice: the packed section is the smaller of the two full encodings."""
+def test_packing_keeps_the_smallest_encoding(n):
+    """Skipping an encoder early must not change the choice: the packed section is the smallest of the full
+    encodings that can code the symbols (fixed width always; the table and flat rANS for ≥ 2 symbols)."""
     for symbols in (np.full(n, -4), np.arange(n) % 7, np.random.default_rng(n).integers(-300, 300, n)):
         packed = pack_symbols(symbols)
-        smaller = min(len(encode_symbols(symbols)), len(_bitpack(symbols))) + 1
-        assert len(packed) == smaller
+        sizes = [len(_bitpack(symbols)), len(encode_symbols(symbols))]
+        if symbols.size and np.ptp(symbols) > 0:
+            sizes.append(len(encode_uniform(symbols)))
+        assert len(packed) == min(sizes) + 1
         np.testing.assert_array_equal(unpack_symbols(packed), symbols)
+
+
+@pytest.mark.parametrize("levels", [3, 100, 1023, 1500, 5000, 40001, MAX_ALPHABET])
+def test_flat_rans_spends_log2_levels_bits(levels):
+    """A small section of near-uniform symbols (no table pays for itself) costs log2(levels) bits a symbol, not the
+    whole bits of fixed-width packing, and round-trips; 1023 levels is 10 whole bits, where packing is kept."""
+    s = np.random.default_rng(levels).integers(0, levels, 3000) - levels // 2
+    s[:2] = -(levels // 2), levels - 1 - levels // 2  # the full alphabet
+    packed = pack_symbols(s)
+    np.testing.assert_array_equal(unpack_symbols(packed), s)
+    ideal = s.size * np.log2(levels) / 8
+    assert len(packed) <= max(1.01 * ideal, ideal + 30)
+    assert packed[0] == (0 if levels in (1023, MAX_ALPHABET) else 2)
+    np.testing.assert_array_equal(decode_uniform(encode_uniform(s)), s)
+
+
+def test_flat_rans_decodes_bad_streams_the_same_every_time():
+    """A short cut is an error; a longer cut or an overwritten section decodes to the same (wrong) weights on every
+    call: the decoder reads zeros past the end rather than stray memory, and never enters CompressAI's bypass path
+    (undefined shifts). The container's CRC is what rejects such a file; this keeps the decoder to memory it owns."""
+    stream = encode_uniform(np.random.default_rng(0).integers(0, 1500, 3000))
+    with pytest.raises(CorruptFileError, match="implausible"):
+        decode_uniform(stream[:99])  # 3000 symbols of ≥ 1 bit can't fit in 87 bytes
+    for bad in (stream[:-40], stream[:12] + b"\xff" * (len(stream) - 12)):
+        first = decode_uniform(bad)
+        assert first.size == 3000 and 0 <= first.min() and first.max() < 1500
+        for _ in range(10):
+            np.testing.assert_array_equal(decode_uniform(bad), first)
 
 
 def test_rans_beats_fixed_width_on_peaked_data():

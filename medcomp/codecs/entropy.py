@@ -110,6 +110,61 @@ def encode_symbols(symbols: np.ndarray) -> bytes:
     return HEADER.pack(lo, k, symbols.size) + _varints(freqs) + stream
 
 
+def _uniform_cdf(k: int) -> list[int]:
+    """A flat 16-bit CDF over ``k`` symbols (counts differ by at most one, so a symbol costs log2(k) bits to within
+    1 % for k ≤ 2^12, and never more than 16), then the escape with count 0: the encoder never needs it, and a decoder
+    that can't land on it never enters CompressAI's bypass decoding, whose shifts are undefined on a corrupt stream
+    (measured: the same bad bytes decoded differently from call to call)."""
+    total = 1 << PRECISION
+    freq = np.full(k, total // k, dtype=np.int64)
+    freq[: total % k] += 1
+    return [0] + np.cumsum(np.append(freq, 0)).tolist()
+
+
+def encode_uniform(symbols: np.ndarray) -> bytes:
+    """Integers → header and a rANS stream under a flat distribution that the decoder rebuilds from the alphabet
+    size alone. Fixed-width packing spends whole bits (2^b levels); this spends log2(levels), so a file's size
+    follows the number of quantiser levels smoothly and small sections, which can't afford a frequency table,
+    still meet their byte target closely. Needs 2 ≤ alphabet ≤ MAX_ALPHABET."""
+    from compressai.ans import RansEncoder
+
+    symbols = np.asarray(symbols, dtype=np.int64).ravel()
+    lo = int(symbols.min())
+    k = int(symbols.max()) - lo + 1
+    if not 2 <= k <= MAX_ALPHABET:
+        raise ValueError(f"flat rANS needs 2..{MAX_ALPHABET} symbols, got {k}")
+    cdf = _uniform_cdf(k)
+    stream = RansEncoder().encode_with_indexes((symbols - lo).tolist(), [0] * symbols.size, [cdf], [len(cdf)], [0])
+    return HEADER.pack(lo, k, symbols.size) + stream
+
+
+def uniform_size_estimate(alphabet: int, n: int) -> float:
+    """Bytes ``encode_uniform`` writes for ``n`` symbols spread over the alphabet (rANS flushes 8 bytes)."""
+    freq = np.diff(_uniform_cdf(alphabet))[:-1]
+    return HEADER.size + 8 + n * float(np.mean(PRECISION - np.log2(freq))) / 8
+
+
+def decode_uniform(data: bytes) -> np.ndarray:
+    from compressai.ans import RansDecoder
+
+    if len(data) < HEADER.size:
+        raise CorruptFileError("corrupt entropy-coded section (too short)")
+    lo, k, n = HEADER.unpack_from(data, 0)
+    # A flat symbol costs at least one bit (k ≥ 2): more symbols than bits is a corrupt header, not a big network.
+    if not 2 <= k <= MAX_ALPHABET or n > 8 * (len(data) - HEADER.size):
+        raise CorruptFileError("corrupt entropy-coded section (implausible sizes)")
+    cdf = _uniform_cdf(k)
+    decoded = RansDecoder().decode_with_indexes(_with_tail(data[HEADER.size :], n), [0] * n, [cdf], [len(cdf)], [0])
+    return np.asarray(decoded, dtype=np.int64) + lo
+
+
+def _with_tail(stream: bytes, n: int) -> bytes:
+    """The stream followed by zeros: CompressAI's rANS decoder reads a 32-bit word per symbol at most and does not
+    check the end of its buffer, so a cut stream would read whatever memory follows (different garbage each run).
+    Valid streams never reach the zeros."""
+    return stream + bytes(4 * n + 8)
+
+
 def decode_symbols(data: bytes) -> np.ndarray:
     from compressai.ans import RansDecoder
 
@@ -126,5 +181,5 @@ def decode_symbols(data: bytes) -> np.ndarray:
     cdf = [0] + np.cumsum(freqs).tolist()
     if cdf[-1] != 1 << PRECISION:
         raise CorruptFileError("corrupt entropy-coded section (frequency table does not sum to 2^16)")
-    decoded = RansDecoder().decode_with_indexes(data[pos:], [0] * n, [cdf], [len(cdf)], [0])
+    decoded = RansDecoder().decode_with_indexes(_with_tail(data[pos:], n), [0] * n, [cdf], [len(cdf)], [0])
     return np.asarray(decoded, dtype=np.int64) + lo

@@ -6,7 +6,15 @@ import struct
 
 import numpy as np
 
-from medcomp.codecs.entropy import MAX_ALPHABET, decode_symbols, encode_symbols, min_encoded_size
+from medcomp.codecs.entropy import (
+    MAX_ALPHABET,
+    decode_symbols,
+    decode_uniform,
+    encode_symbols,
+    encode_uniform,
+    min_encoded_size,
+    uniform_size_estimate,
+)
 from medcomp.errors import CorruptFileError
 from medcomp.target import fit_to_budget
 
@@ -36,20 +44,23 @@ def dequantize(ints: np.ndarray, scales: np.ndarray, shapes: list[tuple[int, ...
     return out
 
 
-RAW, RANS = 0, 1
+RAW, RANS, FLAT = 0, 1, 2
 
 
 def pack_symbols(symbols: np.ndarray) -> bytes:
-    """The smaller of fixed-width bit packing and rANS with a frequency table (small sections can't afford one)."""
+    """The smallest of: fixed-width bit packing, rANS with a frequency table (small sections can't afford one), and
+    rANS under a flat distribution (no table, log2(levels) bits a symbol rather than whole bits)."""
     symbols = np.asarray(symbols, dtype=np.int64).ravel()
     raw = bytes([RAW]) + _bitpack(symbols)
     alphabet = int(symbols.max()) - int(symbols.min()) + 1 if symbols.size else 0
+    candidates = [raw]
     # Skip building a frequency table that cannot win: rANS can't code the alphabet, or its header and table alone
     # are no smaller than the packed bits (the choice is the same as encoding both and comparing).
-    if alphabet > MAX_ALPHABET or 1 + min_encoded_size(alphabet) >= len(raw):
-        return raw
-    rans = bytes([RANS]) + encode_symbols(symbols)
-    return rans if len(rans) < len(raw) else raw
+    if alphabet <= MAX_ALPHABET and 1 + min_encoded_size(alphabet) < len(raw):
+        candidates.append(bytes([RANS]) + encode_symbols(symbols))
+    if 2 <= alphabet <= MAX_ALPHABET and 1 + uniform_size_estimate(alphabet, symbols.size) < len(raw):
+        candidates.append(bytes([FLAT]) + encode_uniform(symbols))
+    return min(candidates, key=len)  # the first of equals: files whose choice is unchanged keep their bytes
 
 
 def unpack_symbols(data: bytes) -> np.ndarray:
@@ -59,6 +70,8 @@ def unpack_symbols(data: bytes) -> np.ndarray:
         return decode_symbols(data[1:])
     if data[0] == RAW:
         return _bitunpack(data[1:])
+    if data[0] == FLAT:
+        return decode_uniform(data[1:])
     raise CorruptFileError(f"corrupt .mcz: unknown symbol packing {data[0]}")
 
 
