@@ -10,6 +10,7 @@ import torch
 
 from medcomp.codecs.base import Codec, image_header
 from medcomp.codecs.container import Container
+from medcomp.codecs.deblock import check_strength, deblock, signal_best_strength
 from medcomp.codecs.quantize import dequantize, fill_budget, pack_symbols, quantize, top_for_bits, unpack_symbols
 from medcomp.data.block_datamodules import denormalise
 from medcomp.data.blocks import BlockLayout, assemble_blocks
@@ -37,7 +38,7 @@ def siren_container(image: Image, layout: BlockLayout, ranges: np.ndarray, width
                     weight_dtype: str, weights: bytes | None = None, scales: bytes = b"") -> Container:
     n_params = siren_param_count(width, depth, len(layout.block))
     header = {**image_header(image), "layout": layout.to_dict(), "width": width, "depth": depth, "w0": w0,
-              "weight_dtype": weight_dtype}
+              "weight_dtype": weight_dtype, "deblock": 0}  # the strength is chosen once the file is written
     quantized = weight_dtype == "quantized"
     if weights is None:  # a placeholder of the right size, to measure the file before fitting
         weights = bytes(PACKED_HEADER + int(np.ceil(layout.n_blocks * n_params * bytes_per_weight(weight_dtype))))
@@ -114,24 +115,26 @@ class SirenCodec(BuiltInSetup, L.LightningModule):
         return get_codec("siren").holding(self)
 
     def export(self) -> list[Container]:
-        """One container per image: weights rounded to ``weight_dtype``, or quantised with the most levels that fit."""
+        """One container per image: weights rounded to ``weight_dtype``, or quantised with the most levels that fit;
+        the header's deblocking strength is the one that suits the decoded file best."""
         dm = self.data
         hp = self.hparams
         out = []
         for net, width, image, layout, ranges in zip(self.nets, self.widths, dm.images, dm.layouts, dm.block_ranges):
             if hp.weight_dtype != "quantized":
                 flat = net.flat_parameters().detach().cpu().numpy().astype(WEIGHT_DTYPES[hp.weight_dtype])
-                out.append(siren_container(image, layout, ranges, width, hp.depth, hp.w0, hp.weight_dtype,
-                                           flat.astype(flat.dtype.newbyteorder("<")).tobytes()))
-                continue
-            params = [t.detach().cpu().numpy() for pair in zip(net.weights, net.biases) for t in pair]
+                container = siren_container(image, layout, ranges, width, hp.depth, hp.w0, hp.weight_dtype,
+                                            flat.astype(flat.dtype.newbyteorder("<")).tobytes())
+            else:
+                params = [t.detach().cpu().numpy() for pair in zip(net.weights, net.biases) for t in pair]
 
-            def build(top, params=params, width=width, image=image, layout=layout, ranges=ranges):
-                ints, scales = quantize(params, top)
-                return siren_container(image, layout, ranges, width, hp.depth, hp.w0, hp.weight_dtype,
-                                       pack_symbols(ints), scales.astype("<f4").tobytes())
+                def build(top, params=params, width=width, image=image, layout=layout, ranges=ranges):
+                    ints, scales = quantize(params, top)
+                    return siren_container(image, layout, ranges, width, hp.depth, hp.w0, hp.weight_dtype,
+                                           pack_symbols(ints), scales.astype("<f4").tobytes())
 
-            out.append(fill_budget(build, self.target.target_bytes(image), *map(top_for_bits, QUANTIZED_BITS)))
+                container = fill_budget(build, self.target.target_bytes(image), *map(top_for_bits, QUANTIZED_BITS))
+            out.append(signal_best_strength(container, image.array, layout, decode_siren))
         return out
 
 
@@ -165,5 +168,5 @@ def decode_siren(container: Container, chunk_points: int = 1 << 20) -> np.ndarra
             values = net(coords.expand(group.stop - i, -1, -1), nets=group).squeeze(-1)
             yield i, denormalise(values.numpy(), ranges[group])
 
-    return assemble_blocks(layout, h["dtype"], chunks())
+    return deblock(assemble_blocks(layout, h["dtype"], chunks()), layout, check_strength(h.get("deblock", 0)))
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from medcomp.codecs.base import Codec, image_header
 from medcomp.codecs.container import Container
+from medcomp.codecs.deblock import check_strength, deblock, signal_best_strength
 from medcomp.codecs.quantize import dequantize, fill_budget, pack_symbols, quantize, top_for_bits, unpack_symbols
 from medcomp.data.block_datamodules import denormalise
 from medcomp.data.blocks import BlockLayout, assemble_blocks
@@ -57,7 +58,8 @@ def extract_tokens(extractor, blocks: torch.Tensor, parts=PARTS, chunk: int = 25
 def unicompress_container(image: Image, layout: BlockLayout, value_range, width: int, depth: int, w0: float,
                           code_dim: int, weight_top: int, codebook_bits: int, siren_params: list[np.ndarray],
                           codebook: np.ndarray, indices: np.ndarray, codec: str = "unicompress",
-                          coordinates: str = "block", w0_hidden: float | None = None, groups: int = 1) -> Container:
+                          coordinates: str = "block", w0_hidden: float | None = None, groups: int = 1,
+                          deblock: int = 0) -> Container:
     """Quantise and pack everything the decoder needs. Only the codewords some block uses are stored.
 
     ``groups``: SIRENs in the file, each for an equal run of consecutive blocks (raster order). Written to the header
@@ -68,7 +70,8 @@ def unicompress_container(image: Image, layout: BlockLayout, value_range, width:
     header = {**image_header(image), "layout": layout.to_dict(), "range": [float(v) for v in value_range],
               "width": width, "depth": depth, "w0": w0,
               "w0_hidden": w0 if w0_hidden is None else w0_hidden, "code_dim": code_dim, "n_codes": int(used.size),
-              "weight_levels": 2 * weight_top + 1, "codebook_bits": codebook_bits, "coordinates": coordinates}
+              "weight_levels": 2 * weight_top + 1, "codebook_bits": codebook_bits, "coordinates": coordinates,
+              "deblock": deblock}
     if groups > 1:
         header["groups"] = groups
     sections = {"w": pack_symbols(w_ints), "ws": w_scales.astype("<f4").tobytes(), "cb": pack_symbols(c_ints),
@@ -115,7 +118,7 @@ def decode_unicompress(container: Container, chunk_points: int = 1 << 18) -> np.
                 values = net(inp.reshape(1, -1, in_dim), nets=slice(g, g + 1)).reshape(j - i, v).numpy()
                 yield i, denormalise(values, np.repeat(value_range, j - i, axis=0))
 
-    return assemble_blocks(layout, h["dtype"], chunks())
+    return deblock(assemble_blocks(layout, h["dtype"], chunks()), layout, check_strength(h.get("deblock", 0)))
 
 
 def split_width(params: float, depth: int, in_dim: int, n_blocks: int, max_width: int | None) -> tuple[int, int]:
@@ -342,7 +345,8 @@ class UniCompress(BuiltInSetup, L.LightningModule):
 
     def container_within_budget(self, image, layout, value_range, width, siren, codebook, idx) -> Container:
         """The file with the most weight levels, between weight_bits_min and weight_bits_max bits, that meets the
-        target: the width is solved for weight_bits_min without entropy coding, and the levels fill what is left."""
+        target: the width is solved for weight_bits_min without entropy coding, and the levels fill what is left.
+        Its header carries the deblocking strength that suits it best (medcomp.codecs.deblock)."""
         hp = self.hparams
         params = [t.detach().cpu().numpy() for pair in zip(siren.weights, siren.biases) for t in pair]
         codebook, idx = codebook.detach().cpu().numpy(), idx.detach().cpu().numpy()
@@ -352,8 +356,9 @@ class UniCompress(BuiltInSetup, L.LightningModule):
                                          hp.codebook_bits, params, codebook, idx, self.codec_name, hp.coordinates,
                                          siren.w0_hidden, siren.weights[0].shape[0])
 
-        return fill_budget(build, self.target.target_bytes(image), top_for_bits(hp.weight_bits_min),
-                           top_for_bits(hp.weight_bits_max))
+        container = fill_budget(build, self.target.target_bytes(image), top_for_bits(hp.weight_bits_min),
+                                top_for_bits(hp.weight_bits_max))
+        return signal_best_strength(container, image.array, layout, decode_unicompress)
 
     def as_codec(self) -> Codec:
         """This fit as a codec: it encodes the images it was fitted on (their :meth:`export` files) and decodes any
