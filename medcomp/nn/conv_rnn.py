@@ -22,15 +22,14 @@ class ConvLSTMCell(nn.Module):
         self.conv_x = nn.Conv2d(in_ch, 4 * hidden, kernel, stride, kernel // 2)
         self.conv_h = nn.Conv2d(hidden, 4 * hidden, hidden_kernel, 1, hidden_kernel // 2, bias=False)
 
-    def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (x.shape[0], self.hidden, -(-x.shape[-2] // self.stride), -(-x.shape[-1] // self.stride))
-        zeros = x.new_zeros(shape)
-        return zeros, zeros.clone()
-
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
-        h, c = state if state is not None else self.initial_state(x)
-        i, f, g, o = (self.conv_x(x) + self.conv_h(h)).chunk(4, dim=1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        if state is None:  # zero state: conv_h(0) = 0 (no bias) and f·c = 0, so both are skipped (same values)
+            i, f, g, o = self.conv_x(x).chunk(4, dim=1)
+            c = torch.sigmoid(i) * torch.tanh(g)
+        else:
+            h, c = state
+            i, f, g, o = (self.conv_x(x) + self.conv_h(h)).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         return h, (h, c)
 
