@@ -17,8 +17,6 @@ class ConvLSTMCell(nn.Module):
 
     def __init__(self, in_ch: int, hidden: int, kernel: int = 3, stride: int = 1, hidden_kernel: int = 1):
         super().__init__()
-        self.hidden = hidden
-        self.stride = stride
         self.conv_x = nn.Conv2d(in_ch, 4 * hidden, kernel, stride, kernel // 2)
         self.conv_h = nn.Conv2d(hidden, 4 * hidden, hidden_kernel, 1, hidden_kernel // 2, bias=False)
 
