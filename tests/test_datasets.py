@@ -310,7 +310,7 @@ def check_vindr_cxr(tmp_path):
 CHECKS = {**{n: (lambda t, n=n: check_msd(t, n, MSD[n])) for n in MSD}, "cremi": check_cremi,
           "lidc_idri": check_lidc_idri, "luna16": check_luna16, "ct_rate": check_ct_rate, "isbi_em": check_isbi_em,
           "chestxray8": check_chestxray8, "vindr_cxr": check_vindr_cxr}
-METHOD = {"chestxray8": ["model=mlcak", "data.image_size=56", "data.batch_size=4", "model.depth=2", "model.embed_dim=32",
+METHOD = {"chestxray8": ["model=mlcak", "data.image_size=64", "data.batch_size=4", "model.depth=2", "model.embed_dim=32",
                          "model.num_heads=2"],
           "vindr_cxr": ["model=ct_lite", "data.image_size=64", "data.batch_size=2"]}
 

@@ -131,6 +131,13 @@ def test_patch_size_that_drops_pixels_is_refused():
         ViTWithAttention("vit_tiny_patch16_224", 30, 4, embed_dim=48, depth=2, num_heads=2, levels=[-1])
 
 
+def test_hybrid_teacher_size_that_does_not_tile_is_refused():
+    from medcomp.errors import MedcompError
+
+    with pytest.raises(MedcompError, match="56-px images do not tile into 8-px patches"):
+        ViTWithAttention("vit_tiny_r_s16_p8_224", 56, 8, 48, 2, 2, [0, 1])
+
+
 def test_missing_pretrained_weights_fall_back_with_a_warning(tmp_path, caplog):
     net = ViTWithAttention("vit_tiny_patch16_224", 28, 4, embed_dim=48, depth=2, num_heads=2, levels=[-1],
                            pretrained_path=str(tmp_path / "absent.safetensors"))
@@ -163,11 +170,59 @@ def test_jpeg_degradation_hits_its_target_ratio(mini_kermany):
         assert decoded.shape == images.shape and not np.array_equal(decoded, images)
 
 
+def test_training_augmentation_feeds_teacher_and_students_the_same_view(mini_kermany):
+    import torch.nn.functional as F
+
+    from medcomp.data.cxr import CXRClassificationDataModule
+
+    def datamodule():
+        dm = CXRClassificationDataModule("kermany", str(mini_kermany), ["bacterial", "viral"], resolution=28,
+                                         degrade_jpeg=True, jpeg_ratio=10, augment=True, seed=3)
+        dm.setup()
+        return dm
+
+    dm = datamodule()
+    train, test = dm.train_dataloader().dataset, dm.test_dataloader().dataset
+    a, b = train[0], train[0]
+    assert not torch.equal(a["image"], b["image"])  # a new view each time it is drawn
+    assert 0 <= a["image"].min() and a["image"].max() <= 1 and a["image"].shape == (1, 224, 224)
+    # The student's inputs are made from the teacher's view: 8-bit area downsampling, JPEG at the chosen quality.
+    low = F.interpolate(a["image"][None], size=(28, 28), mode="area")[0]
+    assert torch.allclose(a["lowres"], (low * 255).round() / 255)
+    assert a["jpeg"].shape == a["image"].shape and 0 < (a["jpeg"] - a["image"]).abs().mean() < 0.05
+    # Evaluation images are never augmented; a seeded run sees the same sequence of views.
+    assert torch.equal(test[0]["image"], test[0]["image"])
+    assert torch.equal(datamodule().train_dataloader().dataset[0]["image"], a["image"])
+
+
 def test_auroc_and_bootstrap_interval():
     y = torch.tensor([0, 0, 1, 1])
     assert auroc(torch.tensor([0.1, 0.4, 0.35, 0.8]), y) == pytest.approx(0.75)
     r = bootstrap_auroc(torch.tensor([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9]), torch.tensor([0, 0, 0, 0, 1, 1, 1, 1]))
     assert r["auroc"] == 1.0 and r["ci_low"] == 1.0 and r["bootstrap"] > 900
+
+
+def test_paired_bootstrap_auroc_difference():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(150), np.ones(150)].astype(int)
+    good = [y + rng.normal(0, 0.6, 300) for _ in range(3)]   # AUROC ≈ 0.88
+    noise = [rng.normal(0, 1, 300) for _ in range(3)]         # AUROC ≈ 0.5
+    # The vectorised rank AUROC is torchmetrics' AUROC.
+    from medcomp.metrics.classification import _auroc_rows, paired_bootstrap_auroc
+
+    assert _auroc_rows(good[0][None], y[None])[0] == pytest.approx(auroc(torch.tensor(good[0]), torch.tensor(y)))
+    r = paired_bootstrap_auroc(good, noise, y, n=500)
+    expected = np.mean([auroc(torch.tensor(g), torch.tensor(y)) for g in good]) \
+        - np.mean([auroc(torch.tensor(z), torch.tensor(y)) for z in noise])
+    assert r["diff"] == pytest.approx(expected) and r["diff"] > 0.3
+    assert r["p_value"] < 0.01 and r["ci_low"] > 0.2 and r["seeds"] == [3, 3]
+    # The same models on both sides: no difference, p = 1. Two equally good sets: not significant.
+    same = paired_bootstrap_auroc(good, good, y, n=500)
+    assert same["diff"] == 0 and same["p_value"] == 1.0
+    other = [y + rng.normal(0, 0.6, 300) for _ in range(3)]
+    assert paired_bootstrap_auroc(good, other, y, n=500)["p_value"] > 0.05
+    with pytest.raises(ValueError, match="images"):
+        paired_bootstrap_auroc(good, [g[:10] for g in good], y)
 
 
 # ── both models through run.py ────────────────────────────────────────────────────────────────────────────────────
@@ -181,8 +236,12 @@ def test_mlcak_teacher_then_kd_student(mini_kermany, tmp_path):
     teacher_dir = only_dir(tmp_path / "t" / "run" / "runs")
     m = json.loads((teacher_dir / "metrics.json").read_text())
     assert 0 <= m["summary"]["test"]["auroc"] <= 1 and m["summary"]["test"]["images"] == 16
-    assert m["model_info"]["grid"] == [14, 14]
+    assert m["model_info"]["grid"] == [7, 7]  # the R-Ti hybrid teacher: stem, then 8-px patches of its features
     assert "AUROC" in r.stdout
+    # The per-image test scores are written, and they give the AUROC in metrics.json.
+    with np.load(teacher_dir / "test_predictions.npz") as p:
+        assert p["mcct"].shape == (16,) and p["mlct"].shape == (16, 2) and sorted(p["label"]) == [0] * 8 + [1] * 8
+        assert auroc(torch.from_numpy(p["mcct"]), torch.from_numpy(p["label"])) == m["summary"]["test"]["auroc"]
     r = run_py("experiment=mlcak_kd", "data.resolution=28", "model.epochs=1", *common,
                f"model.teacher_ckpt={teacher_dir / 'checkpoints' / 'final.ckpt'}", f"paths.log_dir={tmp_path}/s")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -210,3 +269,38 @@ def test_missing_dataset_root_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("medcomp: error:") and "NORMAL" in line and "download" in line
+
+
+@pytest.mark.slow
+def test_analysis_benchmark_seeds_pairs_and_resumes(mini_kermany, tmp_path):
+    """experiments/analysis_auroc.py on the miniature Kermany, tiny models: two seeds of a teacher and of a 28-px
+    student with and without KD, run two at a time; the JSON has mean ± sd per row and the paired KD test; a second
+    call with --resume runs nothing again (it keeps every finished run)."""
+    import subprocess
+    import sys
+
+    from tests.test_run import ROOT
+
+    args = [sys.executable, str(ROOT / "experiments" / "analysis_auroc.py"), "--root", str(mini_kermany),
+            "--pneumoniamnist", "", "--resolutions", "28", "--seeds", "1", "2", "--teacher-epochs", "1",
+            "--epochs", "1", "--max-train", "0", "--batch-size", "16", "--bootstrap", "200",
+            "--only", "mlcak_teacher_224", "mlcak_student_28", "mlcak_student_28_kd",
+            "--out-dir", str(tmp_path / "results"), "--work-dir", str(tmp_path / "runs"),
+            "--extra", "model.depth=3", "model.embed_dim=48", "model.num_heads=2"]
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    result = json.loads((tmp_path / "results" / "analysis_auroc.json").read_text())
+    assert sorted(result["runs"]) == sorted(f"{k}_s{s}" for k in ("mlcak_teacher_224", "mlcak_student_28",
+                                                                  "mlcak_student_28_kd") for s in (1, 2))
+    row = result["rows"]["mlcak_student_28_kd"]
+    assert row["seeds"] == [1, 2] and row["auroc_mean"] == pytest.approx(np.mean(row["auroc"]))
+    assert row["auroc_sd"] == pytest.approx(np.std(row["auroc"], ddof=1))
+    kd = result["comparisons"]["kd_vs_nokd_28"]
+    assert kd["diff"] == pytest.approx(kd["mean_a"] - kd["mean_b"]) and 0 < kd["p_value"] <= 1
+    assert "mlcak_kd_beats_nokd_28" in result["targets"] and "mlcak_teacher_auroc_ge_0.95" in result["targets"]
+    # Each KD student distilled from the teacher of its own seed.
+    assert result["runs"]["mlcak_student_28_kd_s2"]["command"].count("mlcak_teacher_224_s2/checkpoints") == 1
+    assert (tmp_path / "results" / "analysis_auroc.png").stat().st_size > 20_000
+    again = subprocess.run([*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "python run.py" not in again.stdout, again.stdout[-2000:]
+    assert json.loads((tmp_path / "results" / "analysis_auroc.json").read_text())["runs"] == result["runs"]

@@ -19,6 +19,7 @@ from monai.transforms import MapTransform
 
 from medcomp.data.block_datamodules import BlockDataModule
 from medcomp.data.catalogue import DATASETS, list_cases, split_cases
+from medcomp.data.cxr import RadiographAugment, degraded_views
 from medcomp.data.image import Image, to_unit
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
@@ -175,7 +176,7 @@ class DatasetDataModule:
                  # for classifiers (2-D radiograph datasets)
                  findings: list[str] | None = None, image_size: int = 224, resolution: int | None = None,
                  degrade_jpeg: bool = False, jpeg_ratio: float | None = None, jpeg_bpp: float | None = None,
-                 batch_size: int = 32, max_train: int | None = None, images=None):
+                 batch_size: int = 32, max_train: int | None = None, augment: bool = False, images=None):
         if name not in DATASETS:
             raise MedcompError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
         self.name, self.root, self.split, self.max_cases = name, root, split, max_cases
@@ -189,7 +190,7 @@ class DatasetDataModule:
                            "steps_per_epoch": steps_per_epoch, "seed": seed}
         self.classification_args = {"findings": findings or [], "image_size": image_size, "resolution": resolution,
                                     "degrade_jpeg": degrade_jpeg, "jpeg_ratio": jpeg_ratio, "jpeg_bpp": jpeg_bpp,
-                                    "batch_size": batch_size, "max_train": max_train}
+                                    "batch_size": batch_size, "max_train": max_train, "augment": augment}
         self._images = images
 
     def cases(self, split: str | None = None) -> list[dict]:
@@ -249,9 +250,11 @@ class CasesBlockDataModule(BlockDataModule):
 
 
 class _RadiographItems(torch.utils.data.Dataset):
-    def __init__(self, base, names: list[str], image_size: int, resolution: int | None, jpeg_quality: int | None):
+    def __init__(self, base, names: list[str], image_size: int, resolution: int | None, jpeg_quality: int | None,
+                 augment=None):
         self.base, self.names = base, names
         self.image_size, self.resolution, self.jpeg_quality = image_size, resolution, jpeg_quality
+        self.augment = augment  # medcomp.data.cxr.RadiographAugment for training, applied before the degraded copies
 
     def __len__(self):
         return len(self.base)
@@ -265,18 +268,11 @@ class _RadiographItems(torch.utils.data.Dataset):
         if item.get("meta", {}).get("photometric") == "MONOCHROME1":  # DICOM: bright means low values; flip
             a = 1 - a
         image = F.interpolate(a[None, None], size=(self.image_size,) * 2, mode="area")[0]
+        if self.augment is not None:
+            image = self.augment(image)
         targets = torch.tensor([float(item["targets"][n]) for n in self.names])
-        out = {"image": image, "label": (targets.max() > 0).long(), "findings": targets}
-        if self.resolution and self.resolution < self.image_size:
-            out["lowres"] = F.interpolate(image[None], size=(self.resolution,) * 2, mode="area")[0]
-        if self.jpeg_quality is not None:
-            import imagecodecs
-
-            from medcomp.data.cxr import jpeg_bytes
-
-            u8 = (image[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-            out["jpeg"] = torch.from_numpy(imagecodecs.jpeg8_decode(jpeg_bytes(u8, self.jpeg_quality)))[None].float() / 255
-        return out
+        return {"image": image, "label": (targets.max() > 0).long(), "findings": targets,
+                **degraded_views(image, self.resolution, self.jpeg_quality)}
 
 
 class CasesClassificationDataModule(L.LightningDataModule):
@@ -284,9 +280,10 @@ class CasesClassificationDataModule(L.LightningDataModule):
 
     def __init__(self, source: DatasetDataModule, findings: list[str], image_size: int = 224,
                  resolution: int | None = None, degrade_jpeg: bool = False, jpeg_ratio: float | None = None,
-                 jpeg_bpp: float | None = None, batch_size: int = 32, max_train: int | None = None):
+                 jpeg_bpp: float | None = None, batch_size: int = 32, max_train: int | None = None,
+                 augment: bool = False):
         super().__init__()
-        self.source, self.finding_names = source, list(findings)
+        self.source, self.finding_names, self.augment = source, list(findings), augment
         self.image_size, self.resolution, self.batch_size, self.max_train = image_size, resolution, batch_size, max_train
         self.degrade_jpeg, self.jpeg_ratio, self.jpeg_bpp = degrade_jpeg, jpeg_ratio, jpeg_bpp
         self.degrade_quality, self.jpeg, self.items = None, {}, {}
@@ -321,8 +318,10 @@ class CasesClassificationDataModule(L.LightningDataModule):
                          "ratio_actual_train_sample": ratio, "sample_images": len(sample)}
 
     def _loader(self, split: str, shuffle: bool):
+        augment = RadiographAugment(self.image_size, self.source.split_args["seed"]) \
+            if split == "train" and self.augment else None
         ds = _RadiographItems(self.items[split], self.finding_names, self.image_size, self.resolution,
-                              self.degrade_quality)
+                              self.degrade_quality, augment)
         workers = self.source.cache_args["num_workers"]
         return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=workers,
                                            persistent_workers=self.source.persistent_workers and workers > 0)

@@ -5,6 +5,9 @@ the files meet the ``compression`` group's target, measured from their bytes).
 Every batch is a dict: ``image`` (B, 1, S, S) in [0, 1] at full size (the teacher's input), ``lowres`` (B, 1, r, r)
 when ``resolution`` < S, ``jpeg`` (B, 1, S, S) when ``degrade_jpeg``, ``label`` (B,) normal 0 / abnormal 1 and
 ``findings`` (B, K) multi-hot local findings (Kermany: bacterial, viral pneumonia, from the file names).
+
+With ``augment`` the training images are moved a little (rotation, scale, shift, contrast) before the degraded copies
+are made from them, so a student's low-resolution or JPEG input is always the same view its teacher sees.
 """
 
 from __future__ import annotations
@@ -142,15 +145,62 @@ def jpeg_degrade(images: np.ndarray, quality: int) -> tuple[np.ndarray, int]:
     return out, total
 
 
+class RadiographAugment:
+    """Training augmentation for a chest radiograph (1, S, S) in [0, 1]: a small rotation (±10°), scale (±10 %) and
+    shift (±6 %), then a gamma change of contrast. No flips: a mirrored chest has its heart on the wrong side.
+    MONAI's transforms, seeded once, so a seeded run sees the same sequence of views."""
+
+    def __init__(self, size: int, seed: int):
+        from monai.transforms import Compose, RandAdjustContrast, RandAffine
+
+        shift = 0.06 * size
+        self.transform = Compose([
+            RandAffine(prob=0.9, rotate_range=np.deg2rad(10), scale_range=0.1, translate_range=(shift, shift),
+                       padding_mode="border", mode="bilinear"),
+            RandAdjustContrast(prob=0.5, gamma=(0.8, 1.25)),
+        ])
+        self.transform.set_random_state(seed)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from monai.utils import convert_to_tensor
+
+        return convert_to_tensor(self.transform(image), track_meta=False).clamp(0, 1)
+
+
+def degraded_views(image: torch.Tensor, resolution: int | None, jpeg_quality: int | None) -> dict[str, torch.Tensor]:
+    """The students' inputs made from one image (1, S, S) in [0, 1]: ``lowres`` (area downsampling to
+    ``resolution``, kept at 8 bits like the stored images) and ``jpeg`` (encoded and decoded at ``jpeg_quality``)."""
+    import imagecodecs
+
+    out = {}
+    if resolution and resolution < image.shape[-1]:
+        low = F.interpolate(image[None], size=(resolution,) * 2, mode="area")[0]
+        out["lowres"] = (low * 255).round().clamp(0, 255) / 255
+    if jpeg_quality is not None:
+        u8 = (image[0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        decoded = imagecodecs.jpeg8_decode(jpeg_bytes(u8, jpeg_quality)).reshape(u8.shape)
+        out["jpeg"] = torch.from_numpy(decoded)[None].float() / 255
+    return out
+
+
 class _SplitDataset(Dataset):
-    def __init__(self, tensors: dict[str, torch.Tensor]):
-        self.tensors = tensors
+    """Decoded images held in memory (uint8). With ``augment`` each item is a new view of the image, and its
+    low-resolution / JPEG copies are made from that view; without, the precomputed copies are served."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], augment: RadiographAugment | None = None,
+                 resolution: int | None = None, jpeg_quality: int | None = None):
+        self.tensors, self.augment = tensors, augment
+        self.resolution, self.jpeg_quality = resolution, jpeg_quality
 
     def __len__(self):
         return len(self.tensors["label"])
 
     def __getitem__(self, i):
-        return {k: v[i].float() / 255.0 if v.dtype == torch.uint8 else v[i] for k, v in self.tensors.items()}
+        item = {k: v[i].float() / 255.0 if v.dtype == torch.uint8 else v[i] for k, v in self.tensors.items()}
+        if self.augment is not None:
+            item["image"] = self.augment(item["image"])
+            item.update(degraded_views(item["image"], self.resolution, self.jpeg_quality))
+        return item
 
 
 class CXRClassificationDataModule(L.LightningDataModule):
@@ -162,7 +212,7 @@ class CXRClassificationDataModule(L.LightningDataModule):
                  resolution: int | None = None,
                  degrade_jpeg: bool = False, jpeg_ratio: float | None = None, jpeg_bpp: float | None = None,
                  val_fraction: float = 0.1, max_train: int | None = None, batch_size: int = 64, num_workers: int = 0,
-                 persistent_workers: bool = False, seed: int = 42):
+                 persistent_workers: bool = False, seed: int = 42, augment: bool = False):
         super().__init__()
         if dataset not in ("kermany", "pneumoniamnist"):
             raise MedcompError(f"data.dataset={dataset!r}: expected kermany or pneumoniamnist")
@@ -172,7 +222,7 @@ class CXRClassificationDataModule(L.LightningDataModule):
         self.image_size, self.resolution = image_size, resolution
         self.degrade_jpeg = degrade_jpeg
         self.jpeg_target = Target(ratio=jpeg_ratio, bpp=None if jpeg_ratio is not None else jpeg_bpp)
-        self.val_fraction, self.max_train, self.seed = val_fraction, max_train, seed
+        self.val_fraction, self.max_train, self.seed, self.augment = val_fraction, max_train, seed, augment
         self.batch_size, self.num_workers, self.persistent_workers = batch_size, num_workers, persistent_workers
         self.splits: dict[str, Split] = {}
         self.jpeg: dict = {}
@@ -227,6 +277,9 @@ class CXRClassificationDataModule(L.LightningDataModule):
             tensors["lowres"] = low.round().clamp(0, 255).to(torch.uint8)
         if self.degrade_jpeg:
             tensors["jpeg"] = torch.from_numpy(split.jpeg).unsqueeze(1)
+        if name == "train" and self.augment:
+            return _SplitDataset(tensors, RadiographAugment(self.image_size, self.seed), self.resolution,
+                                 self.jpeg.get("quality"))
         return _SplitDataset(tensors)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:

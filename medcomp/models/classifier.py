@@ -80,7 +80,10 @@ class ClassifierModule(L.LightningModule):
     def on_test_epoch_end(self):
         p_mcct, p_mlct, y, findings = self._gathered("test")
         self.test_results = {"mcct": bootstrap_auroc(p_mcct, y), "mlct_auroc": auroc(p_mlct, findings),
-                             "n_test": len(y)}
+                             "n_test": len(y),
+                             # per image, in test-loader order: what paired comparisons between runs need
+                             "predictions": {"mcct": p_mcct.numpy(), "mlct": p_mlct.numpy(), "label": y.numpy(),
+                                             "findings": findings.numpy()}}
         self.log_dict({"test/auroc": self.test_results["mcct"]["auroc"], "test/auroc_findings": auroc(p_mlct, findings)})
 
     def train(self, mode: bool = True):

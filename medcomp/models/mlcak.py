@@ -52,7 +52,12 @@ class ViTWithAttention(nn.Module):
                 log.warning("pretrained ViT weights %s could not be loaded (%s); training from random init", p,
                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         if self.source == "random-init":
-            self.vit = timm.create_model(arch, pretrained=False, **kwargs)
+            try:
+                self.vit = timm.create_model(arch, pretrained=False, **kwargs)
+            except AssertionError as exc:  # timm's hybrids assert that the stem's feature map tiles into patches
+                raise MedcompError(f"model.arch={arch}: {img_size}-px images do not tile into {patch_size}-px patches "
+                                   f"of its stem's feature map (R-Ti hybrid: image size a multiple of "
+                                   f"{4 * patch_size})") from exc
         self.levels = [lv % depth for lv in levels]
         self.grid = tuple(self.vit.patch_embed.grid_size)
         self._maps: list[torch.Tensor] = []

@@ -1,5 +1,5 @@
 """``task=classify``: fit a diagnosis model (CT-Lite, MLCAK), test the one the validation split selected;
-metrics.json, a summary table and teacher/student attention figures."""
+metrics.json, test_predictions.npz (per-image scores), a summary table and teacher/student attention figures."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig
 
 from medcomp import runtime
 from medcomp.fitting import fit
-from medcomp.utils.atomic import atomic_write_text
+from medcomp.utils.atomic import atomic_path, atomic_write_text
 from medcomp.utils.wandb import log_files, wandb_loggers
 
 
@@ -34,6 +35,8 @@ def run(cfg: DictConfig) -> dict:
                "compression": cfg.compression.name if getattr(dm, "degrade_jpeg", False) else None,
                "machine": runtime.machine(), "date": datetime.now(UTC).isoformat(timespec="seconds")}
     figure = attention_figure(model, dm, out / "attention.png") if hasattr(model, "attention_maps") else None
+    with atomic_path(out / "test_predictions.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, **res["predictions"])  # per test image: scores and labels (paired tests between runs)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
     for lg in loggers:
         lg.log_metrics({f"final/{k}": float(v) for k, v in summary["test"].items()}
