@@ -121,11 +121,13 @@ def collect(row: dict, seed: int, overrides: list[str], run_dir: Path, wall_s: f
 
 
 def finished_in(run_dir: Path, overrides: list[str]) -> bool:
-    """Whether ``run_dir`` holds a finished run of exactly these overrides (Hydra records them)."""
+    """Whether ``run_dir`` holds a finished run of exactly these overrides (Hydra records them, less its own
+    ``hydra.*`` ones)."""
     import yaml
 
     needed = [run_dir / "metrics.json", run_dir / "test_predictions.npz", run_dir / ".hydra" / "overrides.yaml"]
-    return all(p.exists() for p in needed) and yaml.safe_load(needed[2].read_text()) == overrides
+    return all(p.exists() for p in needed) and \
+        yaml.safe_load(needed[2].read_text()) == [o for o in overrides if not o.startswith("hydra.")]
 
 
 def per_finding_auroc(scores: np.ndarray, findings: np.ndarray) -> list[float | None]:
@@ -235,14 +237,20 @@ def plot(rows: dict, tests: dict, args, path: Path) -> None:
         pts = [rows[k] for k in (f"mlcak_student_{r}{'_kd' if kd else ''}" for r in args.resolutions) if k in rows]
         a.errorbar([r["resolution"] * dx for r in pts], [r["auroc_mean"] for r in pts], yerr=[sd(r) for r in pts],
                    fmt="o-", color=colour, capsize=3, label="student + MLCAK KD" if kd else "student, no KD")
+        for r in pts:  # every seed, faint, beside its mean
+            a.scatter([r["resolution"] * dx] * len(r["auroc"]), r["auroc"], s=10, color=colour, alpha=0.35)
     for res in args.resolutions:
         c = tests.get(f"kd_vs_nokd_{res}")
         if c:
-            a.annotate(f"KD {c['diff']:+.3f}\n{_p(c['p_value'])}", (res, max(c["mean_a"], c["mean_b"])),
-                       textcoords="offset points", xytext=(0, 12), ha="center", fontsize=8)
+            top = max(max(rows[c["a"]]["auroc"]), max(rows[c["b"]]["auroc"]))
+            few = f" ({len(c['seeds'])} paired seeds)" if len(c["seeds"]) < len(args.seeds) else ""
+            a.annotate(f"KD {c['diff']:+.3f}{few}\n{_p(c['p_value'])}", (res, top), textcoords="offset points",
+                       xytext=(0, 8), ha="center", fontsize=8)
     if "mlcak_teacher_224" in rows:
         t = rows["mlcak_teacher_224"]
         a.errorbar(224, t["auroc_mean"], yerr=sd(t), fmt="s", color="k", capsize=3, label="teacher 224 px (R-Ti)")
+        a.annotate(f"{t['auroc_mean']:.3f} ± {sd(t):.3f}", (224, t["auroc_mean"]), textcoords="offset points",
+                   xytext=(-8, -16), ha="right", fontsize=8)
     a.axhline(0.95, color="k", ls=":", lw=0.8)
     a.set(xscale="log", xlabel="input resolution (px)", ylabel="test AUROC, mean ± sd over seeds",
           title="MLCAK on Kermany (p: paired bootstrap, KD − no KD)")
@@ -258,6 +266,11 @@ def plot(rows: dict, tests: dict, args, path: Path) -> None:
                    fmt="o-", color=colour, capsize=3, label=label)
     if "ct_lite_teacher" in rows:
         b.axhline(rows["ct_lite_teacher"]["auroc_mean"], color="k", ls="--", label="teacher, uncompressed")
+    if not any(r["method"] == "ct_lite" for r in rows.values()):
+        b.text(0.5, 0.5, "no CT-Lite run finished yet\n(python experiments/analysis_auroc.py --resume)",
+               transform=b.transAxes, ha="center", va="center", fontsize=9, color="gray")
+        b.set_xticks([])
+        b.set_yticks([])
     lines = [f"{lv}: JPEG gap {_p(tests[f'jpeg_gap_{lv}']['p_value'])}, FAST {_p(tests[f'fast_vs_none_{lv}_btt']['p_value'])}"
              f" (BTT) {_p(tests[f'fast_vs_none_{lv}_dense']['p_value'])} (dense), BTT−dense "
              f"{_p(tests[f'btt_vs_dense_{lv}']['p_value'])}" for lv in args.jpeg_levels
@@ -284,7 +297,7 @@ def main(argv=None):
     ap.add_argument("--root", default=None, help="Kermany root (default: ../shared/data/cxr/kermany224)")
     ap.add_argument("--pneumoniamnist", default=None,
                     help="PneumoniaMNIST npz (default: ../shared/data/cxr/pneumoniamnist_28_balanced.npz; '' = skip)")
-    ap.add_argument("--resolutions", nargs="+", type=int, default=[112, 56, 28])
+    ap.add_argument("--resolutions", nargs="+", type=int, default=[28, 56, 112])  # 28 px first: the issue's headline
     ap.add_argument("--jpeg-levels", nargs="+", default=["cr10", "cr20", "cr40"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     ap.add_argument("--teacher-epochs", type=int, default=10, help="MLCAK teacher (all training images)")
@@ -300,8 +313,14 @@ def main(argv=None):
     ap.add_argument("--out-dir", default=str(ROOT / "experiments" / "results"))
     ap.add_argument("--work-dir", default=str(ROOT / "logs" / "analysis_auroc"), help="the runs' own directories")
     ap.add_argument("--resume", action="store_true", help="keep the runs an earlier run of the same settings finished")
+    ap.add_argument("--report", action="store_true",
+                    help="with --resume: train nothing; adopt finished run directories, rebuild the JSON and plot")
     args = ap.parse_args(argv)
-    given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
+    given, skipping = [], False  # the command that reproduces the result: without --resume / --report / --only
+    for a in argv if argv is not None else sys.argv[1:]:
+        skipping = (a == "--only") or (skipping and not a.startswith("--"))
+        if not skipping and a not in ("--resume", "--report"):
+            given.append(a)
     command = "python experiments/analysis_auroc.py " + " ".join(given)
     if args.root is None:
         if shared_data() is None:
@@ -310,9 +329,12 @@ def main(argv=None):
     if args.pneumoniamnist is None and shared_data() is not None:
         npz = shared_data() / "cxr" / "pneumoniamnist_28_balanced.npz"
         args.pneumoniamnist = str(npz) if npz.exists() else ""
-    settings = {k: v for k, v in vars(args).items() if k not in ("resume", "out_dir", "only", "name", "jobs")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("resume", "report", "out_dir", "only", "name", "jobs")}
     out = Path(args.out_dir)
     earlier = earlier_result(out / f"{args.name}.json", settings) if args.resume else None
+    if args.report and not earlier:
+        sys.exit(f"--report: no {args.name}.json of these settings in {out} to rebuild (it needs --resume)")
     runs: dict = dict(earlier["runs"]) if earlier else {}
     t_start = time.perf_counter() - (earlier["wall_s"] if earlier else 0.0)
     rows = plan(args)
@@ -347,6 +369,8 @@ def main(argv=None):
                 runs[rid] = collect(row, seed, overrides, run_dir, None)
                 save()
                 continue
+            if args.report:
+                continue  # --report trains nothing
             run_dir.mkdir(parents=True, exist_ok=True)
             print(f"── {rid}: python run.py {' '.join(overrides)}", flush=True)
             log = open(run_dir.with_suffix(".log"), "w")  # noqa: SIM115 — open while the run lasts
@@ -354,6 +378,8 @@ def main(argv=None):
                                     stdout=log, stderr=subprocess.STDOUT)
             running[rid] = (row, seed, overrides, proc, log, time.perf_counter())
         if not running and todo:
+            if args.report:
+                break  # what is left waits for teachers that have not been trained
             raise SystemExit(f"cannot start {todo[0][0]['key']}: its teacher row is not planned or failed")
         time.sleep(2)
         for rid, (row, seed, overrides, proc, log, t0) in list(running.items()):

@@ -215,7 +215,7 @@ def test_paired_bootstrap_auroc_difference():
     expected = np.mean([auroc(torch.tensor(g), torch.tensor(y)) for g in good]) \
         - np.mean([auroc(torch.tensor(z), torch.tensor(y)) for z in noise])
     assert r["diff"] == pytest.approx(expected) and r["diff"] > 0.3
-    assert r["p_value"] < 0.01 and r["ci_low"] > 0.2 and r["seeds"] == [3, 3]
+    assert r["p_value"] < 0.01 and r["ci_low"] > 0.2 and r["models"] == [3, 3]
     # The same models on both sides: no difference, p = 1. Two equally good sets: not significant.
     same = paired_bootstrap_auroc(good, good, y, n=500)
     assert same["diff"] == 0 and same["p_value"] == 1.0
@@ -304,3 +304,13 @@ def test_analysis_benchmark_seeds_pairs_and_resumes(mini_kermany, tmp_path):
     again = subprocess.run([*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "python run.py" not in again.stdout, again.stdout[-2000:]
     assert json.loads((tmp_path / "results" / "analysis_auroc.json").read_text())["runs"] == result["runs"]
+    assert "--only" not in result["command"] and "--seeds 1 2" in result["command"]  # what reproduces it
+    report = subprocess.run([*args, "--resume", "--report"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and "python run.py" not in report.stdout, report.stdout[-2000:]
+    # Without the JSON, --resume adopts the finished run directories instead of training them again.
+    (tmp_path / "results" / "analysis_auroc.json").unlink()
+    adopt = subprocess.run([*args, "--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert adopt.returncode == 0 and "python run.py" not in adopt.stdout, adopt.stdout[-2000:]
+    assert adopt.stdout.count("adopting the finished run") == 6
+    again = json.loads((tmp_path / "results" / "analysis_auroc.json").read_text())
+    assert again["rows"]["mlcak_student_28_kd"]["auroc"] == row["auroc"]

@@ -67,12 +67,15 @@ def paired_bootstrap_auroc(scores_a: list[np.ndarray], scores_b: list[np.ndarray
         raise ValueError(f"scores cover {a.shape[1]} / {b.shape[1]} images, labels {len(labels)}")
     observed = float(_auroc_rows(a, labels[None].repeat(len(a), 0)).mean()
                      - _auroc_rows(b, labels[None].repeat(len(b), 0)).mean())
-    idx = np.random.default_rng(seed).integers(0, len(labels), (n, len(labels)))
-    y = labels[idx]
-    diff = (np.mean([_auroc_rows(s[idx], y) for s in a], 0) - np.mean([_auroc_rows(s[idx], y) for s in b], 0))
+    rng, parts = np.random.default_rng(seed), []
+    for start in range(0, n, 200):  # 200 resamples at a time: memory stays ~200 × images whatever n is
+        idx = rng.integers(0, len(labels), (min(200, n - start), len(labels)))
+        y = labels[idx]
+        parts.append(np.mean([_auroc_rows(s[idx], y) for s in a], 0) - np.mean([_auroc_rows(s[idx], y) for s in b], 0))
+    diff = np.concatenate(parts)
     diff = diff[np.isfinite(diff)]
     lo, hi = np.percentile(diff, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     tail = min((diff <= 0).sum(), (diff >= 0).sum())
     return {"diff": observed, "ci_low": float(lo), "ci_high": float(hi),
             "p_value": float(min(1.0, 2 * (tail + 1) / (len(diff) + 1))), "bootstrap": int(len(diff)),
-            "seeds": [len(a), len(b)]}
+            "models": [len(a), len(b)]}
