@@ -67,9 +67,9 @@ def paired_bootstrap_auroc(scores_a: list[np.ndarray], scores_b: list[np.ndarray
         raise ValueError(f"scores cover {a.shape[1]} / {b.shape[1]} images, labels {len(labels)}")
     observed = float(_auroc_rows(a, labels[None].repeat(len(a), 0)).mean()
                      - _auroc_rows(b, labels[None].repeat(len(b), 0)).mean())
-    rng, parts = np.random.default_rng(seed), []
-    for start in range(0, n, 200):  # 200 resamples at a time: memory stays ~200 × images whatever n is
-        idx = rng.integers(0, len(labels), (min(200, n - start), len(labels)))
+    rng, parts, chunk = np.random.default_rng(seed), [], 200  # resamples at a time: memory ~chunk × images, any n
+    for start in range(0, n, chunk):
+        idx = rng.integers(0, len(labels), (min(chunk, n - start), len(labels)))
         y = labels[idx]
         parts.append(np.mean([_auroc_rows(s[idx], y) for s in a], 0) - np.mean([_auroc_rows(s[idx], y) for s in b], 0))
     diff = np.concatenate(parts)
