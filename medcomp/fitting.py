@@ -3,15 +3,33 @@ codecs (SIREN, UniCompress), which call it in-process for each image they encode
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
 
 from medcomp.config import target_from_cfg
 from medcomp.data.image import Image
 from medcomp.target import Target
+
+log = logging.getLogger("medcomp")
+
+
+class RanksAgree(Callback):
+    """At the end of training every rank must hold the same model (DDP keeps parameters equal only if every rank
+    takes the same decisions: code freeze, collapse restarts, codebook reseeds). A fit whose ranks drifted apart is
+    said in one error line; rank zero's model is still the one exported."""
+
+    def on_train_end(self, trainer, pl_module):
+        from medcomp.utils.distributed import tensors_that_disagree
+
+        bad = tensors_that_disagree(pl_module)
+        if bad and trainer.is_global_zero:
+            log.error("medcomp: DDP ranks ended the fit with other weights than rank 0 (%s%s): a decision differed",
+                      ", ".join(bad[:4]), " ..." if len(bad) > 4 else "")
 
 
 @dataclass
@@ -40,7 +58,7 @@ def fit(cfg: DictConfig, images: list[Image] | None = None, target: Target | Non
     if hasattr(dm, "view_for"):  # data=<dataset>: codecs get images as blocks, classifiers labelled batches
         dm = dm.view_for(cfg.get("task", "compress"))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
-    callbacks += extra_callbacks or []
+    callbacks += [*(extra_callbacks or []), RanksAgree()]
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
     if top_level:  # a codec's fit inside a run joins the run's process group as it is
         runtime.this_job_only(cfg)
@@ -51,6 +69,7 @@ def fit(cfg: DictConfig, images: list[Image] | None = None, target: Target | Non
     model.output_dir, model.made_by = cfg.paths.output_dir, runtime.command_line()
     if getattr(model, "_trainer", None) is None:  # ddp_spawn detaches the main process's model at teardown
         model.trainer = trainer
+        dm.setup("fit")  # it ran in the spawned processes only: the images and splits are read here once more
         if hasattr(model, "restore_spawned_fit"):
             model.restore_spawned_fit(dm)
 

@@ -167,8 +167,8 @@ class DatasetDataModule:
     def __init__(self, name: str, root: str | None, split: str = "test", max_cases: int | None = 1,
                  val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 42, download: bool = False,
                  spacing: list[float] | None = None, window: list[float] | None = None, padding: str = "edge",
-                 cache: str = "none", cache_dir: str | None = None, num_workers: int = 0,
-                 persistent_workers: bool = False, load_labels: bool = False, lister_options: dict | None = None,
+                 cache: str = "none", cache_dir: str | None = None, num_workers: int | str = "auto",
+                 persistent_workers: bool = False, pin_memory: bool | str = "auto", load_labels: bool = False, lister_options: dict | None = None,
                  # for codecs (BlockDataModule)
                  block_size: list[int] | None = None, block_size_2d: list[int] = (256, 256),
                  block_size_3d: list[int] = (32, 32, 32), normalise: str = "block", points_per_block: int = 4096,
@@ -183,8 +183,9 @@ class DatasetDataModule:
         self.split_args = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
         self.list_options = {"download": download, **(lister_options or {})}
         self.transform_args = {"spacing": spacing, "window": window, "padding": padding, "load_labels": load_labels}
-        self.cache_args = {"cache": cache, "cache_dir": cache_dir, "num_workers": num_workers}
-        self.persistent_workers = persistent_workers
+        # MONAI's caching threads: a number ("auto": its default); the loaders take loader_settings' meaning
+        self.cache_args = {"cache": cache, "cache_dir": cache_dir, "num_workers": 0 if num_workers == "auto" else num_workers}
+        self.loader_workers, self.persistent_workers, self.pin_memory = num_workers, persistent_workers, pin_memory
         self.codec_args = {"block_size": block_size, "block_size_2d": block_size_2d, "block_size_3d": block_size_3d,
                            "normalise": normalise, "points_per_block": points_per_block,
                            "steps_per_epoch": steps_per_epoch, "seed": seed}
@@ -215,7 +216,7 @@ class DatasetDataModule:
 
             return CXRClassificationDataModule("kermany", self.root, seed=self.split_args["seed"],
                                                val_fraction=self.split_args["val_fraction"],
-                                               num_workers=self.cache_args["num_workers"],
+                                               num_workers=self.loader_workers, pin_memory=self.pin_memory,
                                                persistent_workers=self.persistent_workers, **self.classification_args)
         return CasesClassificationDataModule(self, **self.classification_args)
 
@@ -318,13 +319,18 @@ class CasesClassificationDataModule(L.LightningDataModule):
                          "ratio_actual_train_sample": ratio, "sample_images": len(sample)}
 
     def _loader(self, split: str, shuffle: bool):
-        augment = RadiographAugment(self.image_size, self.source.split_args["seed"]) \
+        from medcomp.data.cxr import _rank
+        from medcomp.utils.distributed import eval_sampler, loader_settings
+
+        augment = RadiographAugment(self.image_size, self.source.split_args["seed"], _rank(self.trainer)) \
             if split == "train" and self.augment else None
         ds = _RadiographItems(self.items[split], self.finding_names, self.image_size, self.resolution,
                               self.degrade_quality, augment)
-        workers = self.source.cache_args["num_workers"]
-        return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=workers,
-                                           persistent_workers=self.source.persistent_workers and workers > 0)
+        workers = loader_settings(self.trainer, self.source.loader_workers, self.source.pin_memory)
+        # validation: an unpadded shard per DDP rank, gathered by the model (the test split is scored by rank zero)
+        return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, **workers,
+                                           sampler=eval_sampler(ds, self.trainer) if split == "val" else None,
+                                           persistent_workers=self.source.persistent_workers and workers["num_workers"] > 0)
 
     def train_dataloader(self):
         return self._loader("train", True)

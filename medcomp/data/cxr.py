@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medcomp.errors import MedcompError
 from medcomp.target import Target, fit_to_budget
+from medcomp.utils.distributed import eval_sampler, loader_settings
 
 log = logging.getLogger("medcomp")
 
@@ -148,9 +149,11 @@ def jpeg_degrade(images: np.ndarray, quality: int) -> tuple[np.ndarray, int]:
 class RadiographAugment:
     """Training augmentation for a chest radiograph (1, S, S) in [0, 1]: a small rotation (±10°), scale (±10 %) and
     shift (±6 %), then a gamma change of contrast. No flips: a mirrored chest has its heart on the wrong side.
-    MONAI's transforms, seeded once, so a seeded run sees the same sequence of views."""
+    MONAI's transforms, seeded, so a seeded run sees the same sequence of views: one stream per DDP rank, and in a
+    loader worker one per worker and epoch (a worker is a copy of this object: with one seed every worker, and every
+    epoch of non-persistent workers, would replay the same views)."""
 
-    def __init__(self, size: int, seed: int):
+    def __init__(self, size: int, seed: int, rank: int = 0):
         from monai.transforms import Compose, RandAdjustContrast, RandAffine
 
         shift = 0.06 * size
@@ -159,10 +162,17 @@ class RadiographAugment:
                        padding_mode="border", mode="bilinear"),
             RandAdjustContrast(prob=0.5, gamma=(0.8, 1.25)),
         ])
-        self.transform.set_random_state(seed)
+        self.seed = seed + 1_000_003 * rank
+        self.transform.set_random_state(self.seed)
+        self._worker_seed = None  # the loader worker seed this object's stream was made for (None: main process)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         from monai.utils import convert_to_tensor
+
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.seed != self._worker_seed:  # the loader draws worker seeds anew each epoch
+            self._worker_seed = worker.seed
+            self.transform.set_random_state(int((self.seed * 7919 + worker.seed) % 2**32))
 
         return convert_to_tensor(self.transform(image), track_meta=False).clamp(0, 1)
 
@@ -203,6 +213,10 @@ class _SplitDataset(Dataset):
         return item
 
 
+def _rank(trainer) -> int:
+    return trainer.global_rank if trainer is not None else 0
+
+
 class CXRClassificationDataModule(L.LightningDataModule):
     """Kermany (``dataset=kermany``, a folder root) or PneumoniaMNIST (``dataset=pneumoniamnist``, an npz path)."""
 
@@ -211,8 +225,8 @@ class CXRClassificationDataModule(L.LightningDataModule):
     def __init__(self, dataset: str, root: str, findings: list[str], image_size: int = 224,
                  resolution: int | None = None,
                  degrade_jpeg: bool = False, jpeg_ratio: float | None = None, jpeg_bpp: float | None = None,
-                 val_fraction: float = 0.1, max_train: int | None = None, batch_size: int = 64, num_workers: int = 0,
-                 persistent_workers: bool = False, seed: int = 42, augment: bool = False):
+                 val_fraction: float = 0.1, max_train: int | None = None, batch_size: int = 64, num_workers: int | str = "auto",
+                 persistent_workers: bool = False, seed: int = 42, augment: bool = False, pin_memory: bool | str = "auto"):
         super().__init__()
         if dataset not in ("kermany", "pneumoniamnist"):
             raise MedcompError(f"data.dataset={dataset!r}: expected kermany or pneumoniamnist")
@@ -224,6 +238,7 @@ class CXRClassificationDataModule(L.LightningDataModule):
         self.jpeg_target = Target(ratio=jpeg_ratio, bpp=None if jpeg_ratio is not None else jpeg_bpp)
         self.val_fraction, self.max_train, self.seed, self.augment = val_fraction, max_train, seed, augment
         self.batch_size, self.num_workers, self.persistent_workers = batch_size, num_workers, persistent_workers
+        self.pin_memory = pin_memory
         self.splits: dict[str, Split] = {}
         self.jpeg: dict = {}
         self.finding_names = list(findings)  # MLCT label names, in the order of the findings columns
@@ -278,13 +293,17 @@ class CXRClassificationDataModule(L.LightningDataModule):
         if self.degrade_jpeg:
             tensors["jpeg"] = torch.from_numpy(split.jpeg).unsqueeze(1)
         if name == "train" and self.augment:
-            return _SplitDataset(tensors, RadiographAugment(self.image_size, self.seed), self.resolution,
-                                 self.jpeg.get("quality"))
+            return _SplitDataset(tensors, RadiographAugment(self.image_size, self.seed, _rank(self.trainer)),
+                                 self.resolution, self.jpeg.get("quality"))
         return _SplitDataset(tensors)
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self._dataset(name), batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.persistent_workers and self.num_workers > 0,
+        data = self._dataset(name)
+        # validation: an unpadded shard per DDP rank, gathered by the model (the test split is scored by rank zero)
+        workers = loader_settings(self.trainer, self.num_workers, self.pin_memory)
+        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle,
+                          sampler=eval_sampler(data, self.trainer) if name == "val" else None, **workers,
+                          persistent_workers=self.persistent_workers and workers["num_workers"] > 0,
                           generator=torch.Generator().manual_seed(self.seed) if shuffle else None)
 
     def train_dataloader(self):

@@ -11,6 +11,15 @@ from __future__ import annotations
 MAX_ACTIVATIONS = 1 << 25  # points × width of one layer's activations in a training step (128 MB in float32)
 
 
+def size_empty_buffers(module, state_dict) -> None:
+    """Buffers that start empty and are sized by the fit (a frozen block assignment, frozen coding tables) take the
+    shape of the ones in ``state_dict`` before it is loaded into ``module``."""
+    own = dict(module.named_buffers())
+    for name, value in state_dict.items():
+        if name in own and own[name].numel() == 0 and value.numel() > 0:
+            own[name].resize_(value.shape)
+
+
 class BuiltInSetup:
     _pending_state = None
 
@@ -26,6 +35,7 @@ class BuiltInSetup:
         if any(k not in own for k in state_dict) and getattr(self, "_trainer", None) is None:
             self._pending_state = dict(state_dict)  # weights for networks setup() has not built yet
             return None
+        size_empty_buffers(self, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def restore_spawned_fit(self, datamodule) -> None:
@@ -36,6 +46,7 @@ class BuiltInSetup:
         datamodule.setup("fit")
         self.setup("fit")
         state, self._pending_state = self._pending_state, None
+        size_empty_buffers(self, state)
         super().load_state_dict(state, strict=True)
 
     @property

@@ -133,7 +133,7 @@ class CalVAE(ImageCodecModule):
     def gains(self, level: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(gain, inverse gain), each (…, latent), at a ladder level: an integer is a trained level, a fraction
         interpolates the two around it geometrically (linearly in log space); past the top, the top two extrapolate."""
-        level = torch.as_tensor(level, dtype=self.log_gain.dtype)
+        level = torch.as_tensor(level, dtype=self.log_gain.dtype, device=self.log_gain.device)
         k = level.floor().clamp(0, max(len(self.hparams.lmbdas) - 2, 0)).long()
         t = (level - k)[..., None]
         k1 = (k + 1).clamp(max=len(self.hparams.lmbdas) - 1)
@@ -141,8 +141,8 @@ class CalVAE(ImageCodecModule):
         return lerp(self.log_gain).exp(), lerp(self.log_inverse_gain).exp()
 
     def training_loss(self, x):
-        levels = torch.randint(len(self.hparams.lmbdas), (x.shape[0],))  # a ladder level per image
-        lmbda = torch.tensor(self.hparams.lmbdas, dtype=x.dtype)[levels]
+        levels = torch.randint(len(self.hparams.lmbdas), (x.shape[0],), device=x.device)  # a ladder level per image
+        lmbda = torch.tensor(self.hparams.lmbdas, dtype=x.dtype, device=x.device)[levels]
         gain, inverse_gain = (g[:, :, None, None] for g in self.gains(levels))
         mu, logvar = self.encode_moments(x)
         y = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # VAE sample (reparameterised)
@@ -163,10 +163,14 @@ class CalVAE(ImageCodecModule):
         aux = self.entropy.loss()  # fits the quantiles only (the density is detached inside)
         opt.zero_grad()
         self.manual_backward(loss + aux)
-        network_and_density = opt.param_groups[0]["params"] + opt.param_groups[1]["params"]
-        torch.nn.utils.clip_grad_norm_(network_and_density, 1.0)
-        opt.step()
+        opt.step()  # clipped in on_before_optimizer_step
         self.log_dict({f"train/{k}": v for k, v in logs.items()} | {"train/aux": aux}, prog_bar=True)
+
+    def on_before_optimizer_step(self, optimizer):
+        # Clip the network's and the density's gradients, not the quantiles'. Here, not in training_step: under
+        # 16-mixed the gradients are unscaled only once the step has begun (clipping scaled ones clips nothing).
+        network_and_density = optimizer.param_groups[0]["params"] + optimizer.param_groups[1]["params"]
+        torch.nn.utils.clip_grad_norm_(network_and_density, 1.0)
 
     def configure_optimizers(self):
         groups, hp = optimiser_groups(self), self.hparams

@@ -24,6 +24,7 @@ from medcomp.codecs.base import Codec, image_header, join_planes, split_planes
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image, from_unit, restore_dtype, to_unit
 from medcomp.errors import CorruptFileError, MedcompError
+from medcomp.models.built_in_setup import size_empty_buffers
 from medcomp.target import Target, fit_to_budget
 
 WEIGHTS_FORMAT = "medcomp-codec-weights/1"
@@ -65,10 +66,7 @@ class ImageCodecModule(L.LightningModule):
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         # Buffers frozen from the trained weights (freeze_coding) are sized by them: a fresh module has them empty.
-        own = dict(self.named_buffers())
-        for name, value in state_dict.items():
-            if name in own and own[name].numel() == 0 and value.numel() > 0:
-                own[name].resize_(value.shape)
+        size_empty_buffers(self, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def training_step(self, batch, batch_idx):

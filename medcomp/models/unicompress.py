@@ -31,6 +31,7 @@ from medcomp.nn.siren import COORDINATE_FRAMES, BatchedSiren, block_coordinates,
 from medcomp.nn.vq import VectorQuantizer
 from medcomp.nn.wavelet import haar_dwt, pad_even
 from medcomp.target import Target
+from medcomp.utils.distributed import keep_every_parameter_in_graph, mean_over_ranks, same_on_every_rank
 
 log = logging.getLogger("medcomp")
 PARTS = ("raw", "low", "high")
@@ -165,7 +166,8 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         self.quantizers = torch.nn.ModuleList()
         self.widths: list[int] = []
         self.groups: list[int] = []  # per image: SIRENs, each for an equal run of consecutive blocks
-        self.output_spread: list[torch.Tensor] = []  # per image: sd of the SIREN's output ÷ sd of the values, last step
+        # per image: sd of the SIREN's output ÷ sd of the values at the last step (a buffer: it lives on the device)
+        self.register_buffer("output_spread", torch.zeros(0), persistent=False)
         self.fusion = None
         self.extractor_source = None
 
@@ -247,7 +249,7 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         z can change nothing in the file (the indices are fixed; q's value and its gradient to the codebook do not
         depend on z), so the fusion is skipped: z is None and the step is cheaper (abdomen CT, CR 64: ≈ 20 %)."""
         vq = self.quantizers[i]
-        if vq.frozen_idx is not None:
+        if vq.frozen:
             return None, vq.codebook[vq.frozen_idx], vq.frozen_idx, vq.codebook.new_zeros(())
         z = self.fused(i)
         return z, *vq(z)
@@ -276,15 +278,15 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         return self.sirens[i](self.point_inputs(i, q, idx)).reshape(idx.shape)
 
     def training_step(self, batch, batch_idx):
-        recon, commit = 0.0, 0.0
-        self.output_spread = []
+        recon, commit, spreads = 0.0, 0.0, []
         for i, (idx, values) in enumerate(batch):
             _, q, _, c = self.codes(i)
             pred = self.predict_points(i, q, idx)
             recon = recon + F.mse_loss(pred, values)
             commit = commit + c
-            self.output_spread.append(pred.detach().std() / (values.std() + 1e-8))  # read only when checked: no sync
-        loss = recon + commit
+            spreads.append(pred.detach().std() / (values.std() + 1e-8))  # read only when checked: no sync
+        self.output_spread = torch.stack(spreads)
+        loss = keep_every_parameter_in_graph(recon + commit, self)
         self.log_dict({"train/recon": recon, "train/commit": commit, "train/psnr_norm": 10 * torch.log10(4.0 / recon.detach())},
                       prog_bar=True)
         return loss
@@ -302,20 +304,19 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         on the ISBI EM volume it collapses at once (output sd 0.016 vs the data's 0.35 from step 10, the file then
         15.09 dB = the mean), where w0 30 fits (sd 0.11 at step 10). Healthy fits measured ≥ 0.3 at step 10."""
         every, step = self.hparams.collapse_check_every, self.global_step
-        if not every or step == 0 or step % every or step > self.trainer.max_steps // 4 or not self.output_spread:
+        if not every or step == 0 or step % every or step > self.trainer.max_steps // 4 or not self.output_spread.numel():
             return
         opt = self.optimizers().optimizer
-        for i, spread in enumerate(map(float, self.output_spread)):
+        # every rank sampled its own points: the mean over ranks is one decision for all (their networks stay equal)
+        for i, spread in enumerate(mean_over_ranks(self.output_spread).tolist()):
             net = self.sirens[i]
             if spread < floor and net.w0_hidden / 2 >= min_w0_hidden:
                 log.warning("unicompress: image %d's SIREN output collapsed at step %d (sd %.3f of the data's); "
                             "restarted with hidden w0 %g", i, step, spread, net.w0_hidden / 2)
                 net.reset_parameters(w0_hidden=net.w0_hidden / 2)
+                same_on_every_rank(net.parameters())
                 for p in net.parameters():
                     opt.state.pop(p, None)  # Adam re-initialises its moments for these
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["siren_w0_hidden"] = [net.w0_hidden for net in self.sirens]  # after any restart
 
     def slow_parameters(self) -> list:
         """Parameters trained at ``fusion_lr``: the attention fusion (and, in subclasses, trainable extractors)."""

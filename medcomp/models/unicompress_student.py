@@ -20,6 +20,7 @@ from medcomp.models.unicompress import UniCompress
 from medcomp.nn.fusion import AttentionFusion
 from medcomp.nn.siren import BatchedSiren, siren_param_count, width_for_budget
 from medcomp.target import Target
+from medcomp.utils.distributed import keep_every_parameter_in_graph
 
 log = logging.getLogger("medcomp")
 
@@ -36,7 +37,6 @@ class UniCompressStudent(UniCompress):
         self.teacher: UniCompress | None = None
         self.student_sirens = torch.nn.ModuleList()
         self.student_widths: list[int] = []
-        self.frozen_student_idx: dict[int, torch.Tensor] = {}  # per image, once the assignments are frozen
 
     def setup(self, stage=None):
         if self.teacher is not None:
@@ -48,6 +48,7 @@ class UniCompressStudent(UniCompress):
         source = ckpt["hyper_parameters"] if ckpt is not None else hp
         self.teacher = UniCompress(target=self.target, **{k: source[k] for k in teacher_keys if k in source})
         self.teacher._trainer = self._trainer
+        self.teacher._data = self.data  # ddp_spawn's main process: the trainer no longer holds the data module
         self.teacher.setup(stage)
         if ckpt is not None:
             # Cross-domain teachers were fitted to other images: load what has the same shape (the shared fusion
@@ -83,6 +84,8 @@ class UniCompressStudent(UniCompress):
             self.student_sirens.append(BatchedSiren(self.groups[i], in_dim, width, depth, 1, hp.w0,
                                                     self.teacher.sirens[i].w0_hidden))
             self.register_buffer(f"blocks_{i}", blocks.reshape((-1, 1) + layout.block), persistent=False)
+            # image i's block assignment once frozen (empty until then): in checkpoints, moved by .to()
+            self.register_buffer(f"student_idx_{i}", torch.zeros(0, dtype=torch.long))
             for name in (f"coords_{i}", f"corners_{i}"):
                 self.register_buffer(name, getattr(self.teacher, name), persistent=False)
         log.info("student INR parameters %d = %.3f x teacher %d", self.inr_parameters(),
@@ -114,7 +117,8 @@ class UniCompressStudent(UniCompress):
         assignment (``teacher_idx`` when the caller has it), no student encoder (z is None). ``own``: the student's
         encoder, skipped too once the assignments are frozen (it can change nothing in the file then)."""
         vq = self.teacher.quantizers[i]  # the shared codebook
-        idx = self.frozen_student_idx.get(i)
+        idx = getattr(self, f"student_idx_{i}")
+        idx = idx if idx.numel() else None
         if idx is None and self.hparams.block_codes == "teacher":
             idx = teacher_idx if teacher_idx is not None else self.teacher.codes(i)[2]
         if idx is not None:
@@ -145,7 +149,7 @@ class UniCompressStudent(UniCompress):
                     terms["kl"] = terms["kl"] + soft_kl(zs, zt, hp.temperature)
         weights = {"gt": hp.w_gt, "out_teacher": hp.w_out_teacher, "codebook": hp.w_codebook, "kl": hp.w_kl,
                    "teacher": hp.w_teacher}
-        loss = sum(weights[k] * v for k, v in terms.items())
+        loss = keep_every_parameter_in_graph(sum(weights[k] * v for k, v in terms.items()), self)
         self.log_dict({f"kd/{k}": v for k, v in terms.items() if torch.is_tensor(v)}, prog_bar=False)
         self.log("train/psnr_norm", 10 * torch.log10(4.0 / terms["gt"].detach()), prog_bar=True)
         return loss
@@ -164,7 +168,7 @@ class UniCompressStudent(UniCompress):
             self.teacher.freeze_codes()
             with torch.no_grad():
                 for i in range(len(self.student_sirens)):
-                    self.frozen_student_idx[i] = self.student_codes(i)[2]
+                    setattr(self, f"student_idx_{i}", self.student_codes(i)[2])
 
     @torch.no_grad()
     def export(self):

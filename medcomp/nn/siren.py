@@ -40,7 +40,9 @@ class BatchedSiren(nn.Module):
         if depth < 2:
             raise ValueError("a SIREN needs at least 2 layers")
         self.w0 = w0
-        self.w0_hidden = w0 if w0_hidden is None else w0_hidden
+        self.w0_hidden = w0 if w0_hidden is None else w0_hidden  # read every step: a float, not a device tensor
+        # ... mirrored in a buffer, so that a restart's new w0 travels with the weights (checkpoints, ddp_spawn)
+        self.register_buffer("w0_hidden_value", torch.tensor(float(self.w0_hidden), dtype=torch.float64))
         dims = [in_dim] + [width] * (depth - 1) + [out_dim]
         self.weights = nn.ParameterList(nn.Parameter(torch.empty(n_nets, a, b)) for a, b in zip(dims[:-1], dims[1:]))
         self.biases = nn.ParameterList(nn.Parameter(torch.empty(n_nets, 1, b)) for b in dims[1:])
@@ -52,11 +54,20 @@ class BatchedSiren(nn.Module):
         ones U(±√(6/n)/w0_hidden). ``w0_hidden`` changes the later layers' w0 first (a restart after a collapse)."""
         if w0_hidden is not None:
             self.w0_hidden = w0_hidden
+            self.w0_hidden_value.fill_(float(w0_hidden))
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             fan_in = w.shape[1]
             bound = 1.0 / fan_in if i == 0 else math.sqrt(6.0 / fan_in) / self.w0_hidden
             w.uniform_(-bound, bound)
             b.uniform_(-bound, bound)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "w0_hidden_value"
+        if key in state_dict:  # read once here, never in a step (no host sync)
+            self.w0_hidden = float(state_dict[key])
+        else:  # weights saved before the buffer existed: keep the constructor's
+            state_dict[key] = self.w0_hidden_value
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, coords: torch.Tensor, nets: slice | None = None) -> torch.Tensor:
         """``nets``: evaluate only those networks (coords then has their count as first dim), e.g. to decode a

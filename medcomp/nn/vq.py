@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from medcomp.utils.distributed import same_on_every_rank
+
 
 class VectorQuantizer(nn.Module):
     """Nearest-codeword quantisation.
@@ -28,11 +30,25 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialised", torch.tensor(False))
         self.register_buffer("usage", torch.zeros(size))
         self.register_buffer("calls", torch.tensor(0))
-        self.frozen_idx: torch.Tensor | None = None
+        # The frozen assignment (empty until ``freeze``): a buffer, so that ``.to()`` moves it with the codebook and
+        # checkpoints (resume, ddp_spawn's hand-back to the main process) keep it.
+        self.register_buffer("frozen_idx", torch.zeros(0, dtype=torch.long))
+
+    @property
+    def frozen(self) -> bool:
+        return self.frozen_idx.numel() > 0
 
     @torch.no_grad()
     def freeze(self, z: torch.Tensor) -> None:
         self.frozen_idx = self.nearest(z.detach())
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "frozen_idx"
+        # sized by the checkpoint's assignment; checkpoints written before the buffer existed hold no freeze
+        self.frozen_idx = torch.zeros(state_dict[key].shape if key in state_dict else 0, dtype=torch.long,
+                                      device=self.codebook.device)
+        state_dict.setdefault(key, self.frozen_idx)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         return torch.cdist(z, self.codebook).argmin(dim=-1)
@@ -42,6 +58,7 @@ class VectorQuantizer(nn.Module):
         pick = torch.randint(0, z.shape[0], (int(which.sum()),), device=z.device)
         noise = 0.01 * z.std() * torch.randn(pick.numel(), z.shape[1], device=z.device)
         self.codebook.data[which] = z[pick] + noise
+        same_on_every_rank([self.codebook])  # z is the same on every rank; the random picks need not be
 
     def forward(self, z: torch.Tensor):
         if self.training:
@@ -49,11 +66,11 @@ class VectorQuantizer(nn.Module):
                 if not bool(self.initialised):
                     self._reseed(z.detach(), torch.ones(self.codebook.shape[0], dtype=torch.bool, device=z.device))
                     self.initialised.fill_(True)
-        if self.frozen_idx is not None and self.frozen_idx.shape[0] == z.shape[0]:
+        if self.frozen and self.frozen_idx.shape[0] == z.shape[0]:
             idx = self.frozen_idx
         else:
             idx = self.nearest(z.detach())
-        if self.training and self.frozen_idx is None:
+        if self.training and not self.frozen:
             with torch.no_grad():
                 self.usage += torch.bincount(idx, minlength=self.codebook.shape[0]).float()
                 self.calls += 1

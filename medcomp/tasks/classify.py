@@ -24,10 +24,9 @@ def run(cfg: DictConfig) -> dict:
     loggers = runtime.start_loggers(cfg)
     fitted = fit(cfg, loggers=loggers)
     model, dm, trainer = fitted.model, fitted.datamodule, fitted.trainer
-    if not trainer.is_global_zero:  # under DDP only rank zero writes files and logs results
+    if not trainer.is_global_zero:  # under DDP only rank zero tests, writes files and logs results
         return {}
-    trainer.test(model, datamodule=dm, verbose=False)
-    res = model.test_results
+    res = model.test_in_this_process(dm.test_dataloader(), trainer.precision_plugin.forward_context())
     summary = {"test": {**res["mcct"], "auroc_findings": res["mlct_auroc"], "images": res["n_test"]},
                "val": {"auroc": model.best_val, "epoch": model.best_epoch}}
     metrics = {"task_name": cfg.task_name, "model": cfg.model_name, "data": cfg.data_name, "summary": summary,
