@@ -85,12 +85,13 @@ def command_line() -> str:
 
 
 def trainer_overrides(cfg: DictConfig) -> list[str]:
-    """A fitted baseline is fitted like the run's model: same accelerator, devices, strategy and nodes, so that
-    under DDP every rank takes part in its fit (rank zero alone would wait for ranks that have left)."""
+    """A fitted baseline is fitted like the run's model: same accelerator, devices, strategy, nodes and precision
+    (and the same medcomp.fitting.trainer_rules), so that under DDP every rank takes part in its fit (rank zero
+    alone would wait for ranks that have left)."""
     out = []
     if cfg.trainer.get("fast_dev_run"):
         out.append("+trainer.fast_dev_run=true")
-    for key in ("accelerator", "devices", "strategy", "num_nodes"):
+    for key in ("accelerator", "devices", "strategy", "num_nodes", "precision"):
         if isinstance(cfg.trainer.get(key), (str, int)):
             out.append(f"++trainer.{key}={cfg.trainer.get(key)}")
     return out

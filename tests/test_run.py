@@ -13,9 +13,10 @@ from tests.conftest import ROOT, smooth_volume
 from tests.wandb_records import logged_values
 
 
-def run_py(*overrides, cwd=ROOT, timeout=600):
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**__import__("os").environ, "WANDB_MODE": "offline"})
+def run_py(*overrides, cwd=ROOT, timeout=600, env=None):
+    """``python run.py OVERRIDES`` in another process; ``env``: variables set for it on top of this one's."""
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**__import__("os").environ, "WANDB_MODE": "offline", **(env or {})})
 
 
 def only_dir(path):

@@ -69,7 +69,8 @@ class ClassifierModule(L.LightningModule):
 
     def _collect(self, stage: str, batch):
         mcct, mlct, _ = self.heads(batch)
-        self._outputs[stage].append((torch.sigmoid(mcct).detach().cpu(), torch.sigmoid(mlct).detach().cpu(),
+        # float32 on the host: under bf16-mixed the logits are bf16, which NumPy cannot take
+        self._outputs[stage].append((torch.sigmoid(mcct).detach().float().cpu(), torch.sigmoid(mlct).detach().float().cpu(),
                                      batch["label"].cpu(), batch["findings"].cpu()))
 
     def validation_step(self, batch, batch_idx):

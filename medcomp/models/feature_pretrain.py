@@ -8,6 +8,7 @@ by intensity and orientation, so no flips and no intensity jitter. The best chec
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import lightning as L
@@ -22,7 +23,8 @@ from medcomp.nn.pretrained import save_extractor
 def augment(x: torch.Tensor, noise: float, shift: int) -> torch.Tensor:
     x = x + noise * torch.randn_like(x)
     dims = tuple(range(2, x.ndim))
-    shifts = tuple(int(s) for s in torch.randint(-shift, shift + 1, (len(dims),)))
+    # Python's generator (seeded by seed_everything), not a tensor read back: no tensor op for a host-side draw
+    shifts = tuple(random.randint(-shift, shift) for _ in dims)
     return torch.roll(x, shifts, dims)
 
 

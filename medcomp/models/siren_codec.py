@@ -67,6 +67,8 @@ def solve_width(image: Image, layout: BlockLayout, ranges: np.ndarray, target: T
 
 
 class SirenCodec(BuiltInSetup, L.LightningModule):
+    full_precision_fit = True  # fp32 whatever trainer.precision says (medcomp.fitting.trainer_rules)
+
     def __init__(self, depth: int = 5, w0: float = 30.0, lr: float = 1e-3, weight_dtype: str = "float16",
                  fit_steps: int = 1500, target: Target | None = None):
         super().__init__()

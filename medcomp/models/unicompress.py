@@ -143,6 +143,8 @@ def split_width(params: float, depth: int, in_dim: int, n_blocks: int, max_width
 class UniCompress(BuiltInSetup, L.LightningModule):
     """The teacher: every image of the data module gets one SIREN + codebook; the fusion encoder is shared."""
 
+    full_precision_fit = True  # fp32 whatever trainer.precision says (medcomp.fitting.trainer_rules)
+
     codec_name = "unicompress"
 
     def __init__(self, depth: int = 4, w0: float = 30.0, w0_hidden: float | None = None, lr: float = 5e-3, fusion_lr: float = 1e-4, code_dim: int = 8,

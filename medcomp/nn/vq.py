@@ -33,6 +33,9 @@ class VectorQuantizer(nn.Module):
         # The frozen assignment (empty until ``freeze``): a buffer, so that ``.to()`` moves it with the codebook and
         # checkpoints (resume, ddp_spawn's hand-back to the main process) keep it.
         self.register_buffer("frozen_idx", torch.zeros(0, dtype=torch.long))
+        # What a step branches on, mirrored in Python so that no step waits for the device (``bool``/``int`` of a
+        # CUDA tensor is a host sync); read back from the buffers when a checkpoint is loaded.
+        self._initialised, self._calls = False, 0
 
     @property
     def frozen(self) -> bool:
@@ -49,32 +52,40 @@ class VectorQuantizer(nn.Module):
                                       device=self.codebook.device)
         state_dict.setdefault(key, self.frozen_idx)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._initialised, self._calls = bool(self.initialised), int(self.calls)  # once, at load
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
         return torch.cdist(z, self.codebook).argmin(dim=-1)
 
     @torch.no_grad()
-    def _reseed(self, z: torch.Tensor, which: torch.Tensor) -> None:
-        pick = torch.randint(0, z.shape[0], (int(which.sum()),), device=z.device)
+    def _reseed(self, z: torch.Tensor, which: torch.Tensor | None = None) -> None:
+        """Codewords ``which`` (all when None) moved onto encoder outputs, with a little noise."""
+        count = self.codebook.shape[0] if which is None else int(which.sum())  # a sync only at a restart
+        pick = torch.randint(0, z.shape[0], (count,), device=z.device)
         noise = 0.01 * z.std() * torch.randn(pick.numel(), z.shape[1], device=z.device)
-        self.codebook.data[which] = z[pick] + noise
+        if which is None:
+            self.codebook.data.copy_(z[pick] + noise)
+        else:
+            self.codebook.data[which] = z[pick] + noise
         same_on_every_rank([self.codebook])  # z is the same on every rank; the random picks need not be
 
     def forward(self, z: torch.Tensor):
         if self.training:
             with torch.no_grad():
-                if not bool(self.initialised):
-                    self._reseed(z.detach(), torch.ones(self.codebook.shape[0], dtype=torch.bool, device=z.device))
+                if not self._initialised:
+                    self._reseed(z.detach())
                     self.initialised.fill_(True)
+                    self._initialised = True
         if self.frozen and self.frozen_idx.shape[0] == z.shape[0]:
             idx = self.frozen_idx
         else:
             idx = self.nearest(z.detach())
         if self.training and not self.frozen:
             with torch.no_grad():
-                self.usage += torch.bincount(idx, minlength=self.codebook.shape[0]).float()
-                self.calls += 1
-                if int(self.calls) % self.restart_every == 0:
+                self.usage.index_add_(0, idx, torch.ones_like(idx, dtype=self.usage.dtype))  # bincount's size is data
+                self._calls += 1
+                self.calls.fill_(self._calls)
+                if self._calls % self.restart_every == 0:
                     dead = self.usage == 0
                     if dead.any():
                         self._reseed(z.detach(), dead)
