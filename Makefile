@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 PIP     := $(BIN)/python -m pip
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: install tools run test test-full bench lint clean lock
+.PHONY: install tools run test test-full bench lint clean lock gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -42,6 +42,24 @@ bench: install
 	$(BIN)/python experiments/codecs2d_budget.py --minutes 3
 	$(BIN)/python experiments/analysis_auroc.py
 	$(BIN)/python experiments/scale.py --learned siren:75,150,300 unicompress:75@256 --fit-steps 20
+
+# One prepared check for a machine with a GPU (issue 34): experiments/results/gpu_check.json. `--dry-run` runs its
+# CPU-side parts anywhere (every config composed, every flag parsed, inputs prepared small).
+gpu-check: install
+	$(BIN)/python experiments/gpu_check.py
+
+# What the device machine lacks (its python3 is 3.12 with torch, Lightning, timm), as wheels in .whl (git-ignored), to
+# carry there: see experiments/gpu_check.py. pydicom-data, PyAV, SimpleITK and wandb stay behind (too large, unused).
+GPU_WHEELS := hydra-core==1.3.8 omegaconf==2.3.1 monai==1.6.1 pydicom==3.0.2 nibabel==5.4.2 PyWavelets==1.9.0 \
+              imagecodecs==2026.1.14
+gpu-wheels: install
+	mkdir -p .whl
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+	$(PIP) wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3
+	$(PIP) download -q --no-deps --no-binary=:all: -d .whl compressai==1.2.8
+	du -sh .whl
 
 lint: install
 	$(BIN)/ruff check medcomp tests experiments run.py

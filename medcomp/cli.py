@@ -26,8 +26,10 @@ def cmd_compress(args) -> int:
     from medcomp.data.readers import read_image
     from medcomp.evaluation import evaluate
     from medcomp.utils.atomic import atomic_write_bytes
+    from medcomp.utils.devices import computing_on, resolve_device, trainer_overrides_for
     from medcomp.utils.outputs import check_free_space, check_output_path
 
+    device = resolve_device(args.device)  # before anything is read: --device cuda without CUDA is one line
     target = _target(args)
     source = args.input if Path(args.input).exists() or ":" not in args.input else args.input.rsplit(":", 1)[0]
     check_output_path(args.output, [source], force=args.force)
@@ -37,16 +39,17 @@ def cmd_compress(args) -> int:
     # Room for twice the target (a codec that cannot reach its target writes more, and says so in the ratio).
     check_free_space(args.output, int(target.target_bytes(image) * 2) + (1 << 20))
     kwargs = _ckpt_kwargs(args.codec, args.ckpt)  # imports the codec's module here, so encode_s does not count it
-    if args.override:
-        if not is_learned(args.codec):
-            raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(learned_codecs()))}), "
-                               f"not '{args.codec}'")
-        kwargs["overrides"] = args.override
+    if args.override and not is_learned(args.codec):
+        raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(learned_codecs()))}), "
+                           f"not '{args.codec}'")
+    if is_learned(args.codec):  # a fitted codec fits on the device (one process); the user's overrides come last
+        kwargs["overrides"] = [*trainer_overrides_for(device), *args.override]
     codec = get_codec(args.codec, **kwargs)
-    t0 = time.perf_counter()
-    container = codec.encode(image, target)
-    encode_s = time.perf_counter() - t0
-    row, _ = evaluate(image, container, codec, encode_s, target)
+    with computing_on(device):
+        t0 = time.perf_counter()
+        container = codec.encode(image, target)
+        encode_s = time.perf_counter() - t0
+        row, _ = evaluate(image, container, codec, encode_s, target)
     atomic_write_bytes(args.output, container.to_bytes())
     keys = ("codec", "ratio_target", "ratio_actual", "bpp", "psnr", "ssim", "encode_s", "decode_s", "file_bytes")
     print(json.dumps({k: row[k] for k in keys}))
@@ -71,8 +74,10 @@ def cmd_decompress(args) -> int:
     from medcomp.codecs.container import read_container
     from medcomp.codecs.registry import decode_container, get_codec
     from medcomp.data.writers import Lossy, check_output, is_dicom_series_path, write_image
+    from medcomp.utils.devices import computing_on, resolve_device
     from medcomp.utils.outputs import check_free_space, check_output_path
 
+    device = resolve_device(args.device)
     check_output_path(args.output, [args.input], force=args.force, folder_ok=is_dicom_series_path(args.output))
     container = read_container(args.input)
     header = check_header(container.header)
@@ -80,7 +85,8 @@ def cmd_decompress(args) -> int:
     check_output(args.output, len(header["shape"]))
     check_free_space(args.output, int(original_bytes * 1.1) + (1 << 20))
     codec = get_codec(container.codec, **_ckpt_kwargs(container.codec, args.ckpt))
-    image = decode_container(container, codec)
+    with computing_on(device):
+        image = decode_container(container, codec)
     file_bytes = Path(args.input).stat().st_size
     lossy = None if codec.is_lossless(container) else Lossy(original_bytes / file_bytes, codec.lossy_method())
     for note in write_image(args.output, image, lossy=lossy):
@@ -133,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--key", help="HDF5 dataset key")
     c.add_argument("--force", action="store_true", help="overwrite an existing output file")
     c.add_argument("--ckpt", help="weights file of a trained codec (cal_vae, rnn_conv); default: the shipped one")
+    c.add_argument("--device", default="auto", help="where learned codecs fit and run their networks: auto (CUDA when "
+                                                     "present), cpu or cuda; entropy coding stays on the host")
     c.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="Hydra override for learned codecs, e.g. -o model.fit_steps=3000 -o data.block_size=[64,64,64]")
     c.set_defaults(func=cmd_compress)
@@ -143,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("output")
     d.add_argument("--force", action="store_true", help="overwrite an existing output file")
     d.add_argument("--ckpt", help="the weights file the .mcz was encoded with (trained codecs; checked by sha256)")
+    d.add_argument("--device", default="auto", help="where learned decoders run their networks: auto (CUDA when "
+                                                     "present), cpu or cuda")
     d.set_defaults(func=cmd_decompress)
 
     i = sub.add_parser("info", help="print a .mcz file's codec, shape, dtype, bytes, CR and bpp as JSON")

@@ -15,6 +15,18 @@ os.environ.setdefault("HYDRA_FULL_ERROR", "1")
 from medcomp.bench import shared_data  # noqa: E402  (after the environment above: it imports the codecs)
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests run where CUDA is; elsewhere they are skipped, saying why."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run by make gpu-check on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def shared():
     p = shared_data()

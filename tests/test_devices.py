@@ -154,3 +154,27 @@ def test_the_check_catches_a_plain_tensor_attribute_and_a_cpu_tensor_in_a_step()
     with FakeTensorMode(allow_non_fake_inputs=True), pytest.raises(RuntimeError, match="devices"):
         m.to("cuda")
         m(torch.zeros(4, 3, device="cuda"))
+
+
+@pytest.mark.parametrize("codec", ["siren", "unicompress", "cal_vae", "rnn_conv"])
+def test_decompress_device_flag_on_every_learned_codec(tmp_path, codec):
+    """``--device cpu`` and ``auto`` decode every learned codec's file to the same array (auto is the CPU here);
+    ``--device cuda`` without CUDA is one line, exit 2, and writes nothing."""
+    from tests.conftest import run_cli
+
+    src = tmp_path / "in.npy"
+    np.save(src, smooth_volume((8, 64, 64)) if codec in ("siren", "unicompress") else smooth_volume((64, 64)))
+    fit = ["-o", "model.fit_steps=2", "-o", "data.block_size_3d=[8,16,16]"] if codec in ("siren", "unicompress") else []
+    r = run_cli("compress", src, tmp_path / "x.mcz", "--codec", codec, "--ratio", "16", "--device", "cpu", *fit)
+    assert r.returncode == 0, r.stderr
+    arrays = {}
+    for device in ("cpu", "auto"):
+        r = run_cli("decompress", tmp_path / "x.mcz", tmp_path / f"{device}.npy", "--device", device)
+        assert r.returncode == 0, r.stderr
+        arrays[device] = np.load(tmp_path / f"{device}.npy")
+    np.testing.assert_array_equal(arrays["cpu"], arrays["auto"])
+    if not torch.cuda.is_available():
+        r = run_cli("decompress", tmp_path / "x.mcz", tmp_path / "cuda.npy", "--device", "cuda")
+        assert r.returncode == 2 and not (tmp_path / "cuda.npy").exists()
+        assert r.stderr.strip().splitlines()[-1] == ("medcomp: error: --device cuda: no CUDA device is available here "
+                                                     "(torch.cuda.is_available() is False); use --device cpu or auto")

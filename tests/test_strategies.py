@@ -150,3 +150,23 @@ def test_resume_after_the_code_freeze_gives_the_uninterrupted_file(tmp_path, ct_
     assert "Restored all states" in r.stdout + r.stderr + (resumed / "run.log").read_text()
     ref = next(tmp_path.glob("reference/runs/*/mcz/*.mcz")).read_bytes()
     assert next(resumed.glob("mcz/*.mcz")).read_bytes() == ref
+
+
+def test_ddp_with_one_process_passes_the_code_freeze(tmp_path, ct_crop):
+    """``trainer=ddp trainer.devices=1`` still wraps the model in DDP, whose reducer wants every parameter's
+    gradient: the frozen codes' fusion must stay in the graph there too (found by the GPU check's CPU rehearsal)."""
+    r = run_py(*overrides("unicompress", ct_crop, None), "trainer=ddp", "trainer.devices=1", "trainer.accelerator=cpu",
+               "logger=none", f"paths.log_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_gpu_check_dry_run_composes_every_step(tmp_path):
+    """experiments/gpu_check.py --dry-run: every run.py step's config composes, every CLI step's flags parse."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "gpu_check.py"), "--dry-run", "--work",
+                        str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    assert report["problems"] == [] and {"unicompress_300", "decode_cpu", "gpu_tests"} <= set(report["steps"])

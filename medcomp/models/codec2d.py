@@ -26,6 +26,7 @@ from medcomp.data.image import Image, from_unit, restore_dtype, to_unit
 from medcomp.errors import CorruptFileError, MedcompError
 from medcomp.models.built_in_setup import size_empty_buffers
 from medcomp.target import Target, fit_to_budget
+from medcomp.utils.devices import compute_device
 
 WEIGHTS_FORMAT = "medcomp-codec-weights/1"
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -187,10 +188,12 @@ class TrainedCodec(Codec):
         if image.array.ndim not in (2, 3):
             raise MedcompError(f"{image.name}: {self.name} codes 2-D images (volumes slice by slice), got {image.array.ndim}-D")
         module, sha = self.module()
+        device = compute_device()  # the network runs there; the streams are coded on the host
+        module.to(device)
         x, mapping = normalise(image.array)
         planes = x if x.ndim == 3 else x[None]
         with torch.no_grad():  # one tile at a time: the network's activations never span the whole image
-            states = [module.analyse(pad_plane(torch.from_numpy(np.ascontiguousarray(planes[p, rows, cols])),
+            states = [module.analyse(pad_plane(torch.from_numpy(np.ascontiguousarray(planes[p, rows, cols])).to(device),
                                                module.stride))
                       for p, rows, cols in tiles(planes.shape, TILE)]
 
@@ -216,6 +219,7 @@ class TrainedCodec(Codec):
 
     def decode(self, container: Container) -> np.ndarray:
         module, sha = self.module()
+        module.to(compute_device())
         want = container.header.get("weights_sha256")
         if want != sha:
             raise MedcompError(f"{self.ckpt}: these weights (sha256 {sha[:12]}…) are not the ones this file was encoded "
@@ -241,7 +245,8 @@ class TrainedCodec(Codec):
         with torch.no_grad():
             for (p, rows, cols), data in zip(placed, streams):
                 h, w = rows.stop - rows.start, cols.stop - cols.start
-                x[p, rows, cols] = module.synthesise(data, knob, padded_size((h, w), module.stride))[:h, :w].double().numpy()
+                x[p, rows, cols] = (module.synthesise(data, knob, padded_size((h, w), module.stride))[:h, :w]
+                                    .double().cpu().numpy())
         np.clip(x, 0.0, 1.0, out=x)  # the original lies in [lo, hi]
         lo, hi = header["mapping"]["lo"], header["mapping"]["hi"]
         return restore_dtype(from_unit(x.reshape(shape), lo, hi), header["dtype"])

@@ -102,9 +102,9 @@ class RNNConv(ImageCodecModule):
     def stream(self, state: _Progressive, knob):
         full, part = divmod(_blocks_sent(knob, state.blocks), state.blocks)
         codes = state.upto(full + (part > 0))
-        bits = [(c > 0).numpy().ravel() for c in codes[:full]]
+        bits = [(c > 0).cpu().numpy().ravel() for c in codes[:full]]
         if part:
-            bits.append((codes[full][0] > 0).numpy().reshape(self.hparams.bits, state.blocks)[:, :part].ravel())
+            bits.append((codes[full][0] > 0).cpu().numpy().reshape(self.hparams.bits, state.blocks)[:, :part].ravel())
         return np.packbits(np.concatenate(bits).astype(np.uint8)).tobytes()
 
     def synthesise(self, data, knob, padded_hw):
@@ -115,18 +115,19 @@ class RNNConv(ImageCodecModule):
         bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))
         if bits.size < sent * self.hparams.bits:
             raise CorruptFileError("corrupt .mcz: fewer code bits than the header's iterations need")
-        signs = torch.from_numpy(bits[: sent * self.hparams.bits].astype(np.float32) * 2 - 1)
+        device = self.dec_out.weight.device
+        signs = torch.from_numpy(bits[: sent * self.hparams.bits].astype(np.float32) * 2 - 1).to(device)
         codes = [signs[i * blocks * self.hparams.bits : (i + 1) * blocks * self.hparams.bits]
                  .reshape(1, self.hparams.bits, *grid) for i in range(full)]
         mask = None
         if part:
-            last = torch.zeros(self.hparams.bits, blocks)
+            last = torch.zeros(self.hparams.bits, blocks, device=device)
             last[:, :part] = signs[full * blocks * self.hparams.bits :].reshape(self.hparams.bits, part)
             codes.append(last.reshape(1, self.hparams.bits, *grid))
-            mask = (torch.arange(blocks) < part).float().reshape(grid)
+            mask = (torch.arange(blocks, device=device) < part).float().reshape(grid)
             mask = mask.repeat_interleave(self.stride, 0).repeat_interleave(self.stride, 1)
         dec_states = [None] * 4
-        recon = torch.zeros((1, 1, *padded_hw))
+        recon = torch.zeros((1, 1, *padded_hw), device=device)
         for i, c in enumerate(codes):
             delta, dec_states = self.decode_step(c, dec_states)
             recon = recon + (delta * mask if mask is not None and i == full else delta)

@@ -19,6 +19,8 @@ from medcomp.errors import MedcompError
 from medcomp.models.built_in_setup import BuiltInSetup
 from medcomp.nn.siren import BatchedSiren, grid_coordinates, siren_param_count, siren_shapes, width_for_budget
 from medcomp.target import Target
+from medcomp.utils import devices
+from medcomp.utils.devices import compute_device
 
 # Raw floats, or "quantized": per-layer symmetric integers (one scale per weight/bias tensor of all blocks),
 # entropy-coded, with as many levels as fill the byte target (the same quantiser as UniCompress's file).
@@ -141,10 +143,12 @@ class SirenCodec(BuiltInSetup, L.LightningModule):
 
 
 @torch.no_grad()
-def decode_siren(container: Container, chunk_points: int = 1 << 20) -> np.ndarray:
+def decode_siren(container: Container, chunk_points: int | None = None) -> np.ndarray:
     """Decoded a group of blocks at a time (``chunk_points`` voxels per group): memory is the output image plus
-    one group's activations, whatever the image's size."""
+    one group's activations, whatever the image's size. The networks run on medcomp.utils.devices.compute_device()."""
     h = container.header
+    device = compute_device()
+    chunk_points = chunk_points or devices.chunk_points(1 << 20)
     layout = BlockLayout.from_dict(h["layout"])
     n, d = layout.n_blocks, len(layout.block)
     per_net = siren_param_count(h["width"], h["depth"], d)
@@ -160,7 +164,8 @@ def decode_siren(container: Container, chunk_points: int = 1 << 20) -> np.ndarra
     if flat.size != n * per_net or ranges.size != 2 * n:
         raise MedcompError("corrupt .mcz: SIREN weights do not match the header")
     net.load_flat_parameters(torch.from_numpy(flat.reshape(n, per_net)))
-    coords = grid_coordinates(layout.block)
+    net.to(device)
+    coords = grid_coordinates(layout.block).to(device)
     ranges = ranges.reshape(n, 2)
     per = max(1, chunk_points // coords.shape[0])
 
@@ -168,7 +173,7 @@ def decode_siren(container: Container, chunk_points: int = 1 << 20) -> np.ndarra
         for i in range(0, n, per):
             group = slice(i, min(n, i + per))
             values = net(coords.expand(group.stop - i, -1, -1), nets=group).squeeze(-1)
-            yield i, denormalise(values.numpy(), ranges[group])
+            yield i, denormalise(values.cpu().numpy(), ranges[group])
 
     return deblock(assemble_blocks(layout, h["dtype"], chunks()), layout, check_strength(h.get("deblock", 0)))
 

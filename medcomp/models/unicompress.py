@@ -31,6 +31,8 @@ from medcomp.nn.siren import COORDINATE_FRAMES, BatchedSiren, block_coordinates,
 from medcomp.nn.vq import VectorQuantizer
 from medcomp.nn.wavelet import haar_dwt, pad_even
 from medcomp.target import Target
+from medcomp.utils import devices
+from medcomp.utils.devices import compute_device
 from medcomp.utils.distributed import keep_every_parameter_in_graph, mean_over_ranks, same_on_every_rank
 
 log = logging.getLogger("medcomp")
@@ -49,10 +51,12 @@ def wavelet_parts(blocks: torch.Tensor, parts=PARTS) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def extract_tokens(extractor, blocks: torch.Tensor, parts=PARTS, chunk: int = 256) -> torch.Tensor:
-    """(N, 1, *block) → (parts, N, tokens, features), in chunks to bound memory."""
+    """(N, 1, *block) → (parts, N, tokens, features), in chunks to bound memory; each chunk is moved to the
+    extractor's device (the blocks stay where they are)."""
+    device = next(extractor.parameters()).device
     outs = []
     for i in range(0, blocks.shape[0], chunk):
-        outs.append(torch.stack([extractor(p) for p in wavelet_parts(blocks[i : i + chunk], parts)]))
+        outs.append(torch.stack([extractor(p) for p in wavelet_parts(blocks[i : i + chunk].to(device), parts)]))
     return torch.cat(outs, dim=1)
 
 
@@ -81,8 +85,11 @@ def unicompress_container(image: Image, layout: BlockLayout, value_range, width:
 
 
 @torch.no_grad()
-def decode_unicompress(container: Container, chunk_points: int = 1 << 18) -> np.ndarray:
+def decode_unicompress(container: Container, chunk_points: int | None = None) -> np.ndarray:
+    """The network runs on medcomp.utils.devices.compute_device() (``--device``), a run of blocks at a time."""
     h = container.header
+    device = compute_device()
+    chunk_points = chunk_points or devices.chunk_points(1 << 18)
     layout = BlockLayout.from_dict(h["layout"])
     d, n = len(layout.block), layout.n_blocks
     in_dim = d + h["code_dim"]
@@ -104,7 +111,9 @@ def decode_unicompress(container: Container, chunk_points: int = 1 << 18) -> np.
     with torch.no_grad():
         for p, v in zip([q for pair in zip(net.weights, net.biases) for q in pair], params):
             p.copy_(torch.from_numpy(v))
-    codes = torch.from_numpy(codebook)[torch.from_numpy(idx)]
+    net.to(device)
+    coords, corners = coords.to(device), corners.to(device)
+    codes = torch.from_numpy(codebook)[torch.from_numpy(idx)].to(device)
     v = coords.shape[0]
     per_group = n // groups
     per = min(per_group, max(1, chunk_points // v))
@@ -116,7 +125,7 @@ def decode_unicompress(container: Container, chunk_points: int = 1 << 18) -> np.
                 j = min(i + per, (g + 1) * per_group)
                 c = codes[i:j]
                 inp = torch.cat([corners[i:j, None, :] + coords, c[:, None, :].expand(-1, v, -1)], dim=-1)
-                values = net(inp.reshape(1, -1, in_dim), nets=slice(g, g + 1)).reshape(j - i, v).numpy()
+                values = net(inp.reshape(1, -1, in_dim), nets=slice(g, g + 1)).reshape(j - i, v).cpu().numpy()
                 yield i, denormalise(values, np.repeat(value_range, j - i, axis=0))
 
     return deblock(assemble_blocks(layout, h["dtype"], chunks()), layout, check_strength(h.get("deblock", 0)))
@@ -214,7 +223,9 @@ class UniCompress(BuiltInSetup, L.LightningModule):
             raise MedcompError("model=unicompress shares one network across blocks: use data.normalise=image")
         hp = self.hparams
         dims = {im.ndim for im in dm.images}
-        extractor = self._build_extractor(dims.pop())
+        # the frozen extractor runs once here, on the fit's device (Lightning moves the model there only later)
+        device = self._trainer.strategy.root_device if getattr(self, "_trainer", None) is not None else None
+        extractor = self._build_extractor(dims.pop()).to(device or "cpu")
         for i, (image, layout, blocks) in enumerate(zip(dm.images, dm.layouts, dm.blocks)):
             k = self._codebook_size(self.target.target_bytes(image), layout.n_blocks)
             width, groups = self._solve_width(image, layout, k)

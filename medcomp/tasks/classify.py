@@ -30,7 +30,7 @@ def run(cfg: DictConfig) -> dict:
     summary = {"test": {**res["mcct"], "auroc_findings": res["mlct_auroc"], "images": res["n_test"]},
                "val": {"auroc": model.best_val, "epoch": model.best_epoch}}
     metrics = {"task_name": cfg.task_name, "model": cfg.model_name, "data": cfg.data_name, "summary": summary,
-               "model_info": model.describe(), "fit_s": fitted.seconds, "jpeg": getattr(dm, "jpeg", {}),
+               "model_info": model.describe(), "fit_s": fitted.seconds, "fit_steps": trainer.global_step, "jpeg": getattr(dm, "jpeg", {}),
                "compression": cfg.compression.name if getattr(dm, "degrade_jpeg", False) else None,
                "machine": runtime.machine(), "date": datetime.now(UTC).isoformat(timespec="seconds")}
     figure = attention_figure(model, dm, out / "attention.png") if hasattr(model, "attention_maps") else None

@@ -27,8 +27,9 @@ def keep_every_parameter_in_graph(loss: torch.Tensor, module: torch.nn.Module) -
     parameter it was built with; a step that leaves some unused (UniCompress's fusion once the block codes are frozen,
     a student's encoder with ``block_codes=teacher``) would fail ("parameters that were not used in producing the
     loss"). A zero gradient keeps the reducer whole without ``find_unused_parameters`` (a graph walk every step, and a
-    ``strategy=ddp`` a user types would not have it). Single-process fits are untouched (their bytes are unchanged)."""
-    if world_size() == 1:
+    ``strategy=ddp`` a user types would not have it). Under DDP even with one process (``trainer.devices=1``: DDP
+    still wraps the model); fits without a process group are untouched (their bytes are unchanged)."""
+    if not (dist.is_available() and dist.is_initialized()):
         return loss
     zero = sum(p.sum() for p in module.parameters() if p.requires_grad)
     return loss + 0.0 * zero

@@ -1,0 +1,55 @@
+"""Which device the learned codecs compute on outside a fit (``medcomp compress/decompress --device``).
+
+The networks run there; entropy coding and everything written to a file stay on the host, so a file encoded on one
+device decodes on any other (the decode may differ by float rounding: measured in experiments/gpu_check.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from medcomp.errors import MedcompError
+
+DEVICES = ("auto", "cpu", "cuda")
+_current = torch.device("cpu")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when there is one, else the CPU; ``cuda`` without CUDA is a one-line error."""
+    if name not in DEVICES:
+        raise MedcompError(f"--device {name}: expected one of {', '.join(DEVICES)}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MedcompError("--device cuda: no CUDA device is available here (torch.cuda.is_available() is False); "
+                           "use --device cpu or auto")
+    return torch.device(name)
+
+
+def compute_device() -> torch.device:
+    return _current
+
+
+@contextlib.contextmanager
+def computing_on(device: torch.device | str) -> Iterator[torch.device]:
+    """Learned encoders and decoders called inside run their networks on ``device``."""
+    global _current
+    previous, _current = _current, torch.device(device)
+    try:
+        yield _current
+    finally:
+        _current = previous
+
+
+def trainer_overrides_for(device: torch.device) -> list[str]:
+    """Hydra overrides that make a fitted codec's fit (SIREN, UniCompress) run on ``device``, one process."""
+    return [f"++trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}", "++trainer.devices=1",
+            "++trainer.strategy=auto"]
+
+
+def chunk_points(default: int) -> int:
+    """Points decoded at once: ``default`` on the CPU (its caches), 8× on a GPU (bounded memory all the same)."""
+    return default * 8 if compute_device().type == "cuda" else default
