@@ -170,3 +170,21 @@ def test_gpu_check_dry_run_composes_every_step(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads(r.stdout)
     assert report["problems"] == [] and {"unicompress_300", "decode_cpu", "gpu_tests"} <= set(report["steps"])
+
+
+def test_every_rank_draws_its_own_training_crops():
+    """The extractor pretraining's crops ignore the sampler's index: with one seed every DDP rank drew the same
+    batches (on 3997f38), doubling the work for the gradient of one."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from medcomp.models.feature_pretrain import RandomBlocksDataModule
+
+    dm = RandomBlocksDataModule(sample_files=["CT_small.dcm"], block=[32, 32], batch_size=4, steps_per_epoch=2)
+    dm.setup()
+    first = {}
+    for rank in (0, 1):
+        dm.trainer = SimpleNamespace(global_rank=rank)
+        first[rank] = next(iter(dm.train_dataloader()))
+    assert first[0].shape == (4, 1, 32, 32) and not torch.equal(first[0], first[1])

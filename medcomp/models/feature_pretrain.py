@@ -89,8 +89,11 @@ class RandomBlocksDataModule(L.LightningDataModule):
             raise MedcompError(f"no image of the data module is {len(self.block)}-D and at least {self.block}")
 
     def train_dataloader(self):
-        return torch.utils.data.DataLoader(_Crops(self.volumes, self.block, self.batch_size, self.steps, self.seed),
-                                           batch_size=None, num_workers=0)
+        # one crop stream per DDP rank: the sampler's index is not used, so a shared seed gave every rank the same
+        # batches (twice the work for the gradient of one)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        return torch.utils.data.DataLoader(_Crops(self.volumes, self.block, self.batch_size, self.steps,
+                                                  self.seed + 1_000_003 * rank), batch_size=None, num_workers=0)
 
 
 class _Crops(torch.utils.data.Dataset):

@@ -90,8 +90,13 @@ def eval_sampler(dataset, trainer) -> EvalShardSampler | None:
 
 def state_checksums(module: torch.nn.Module) -> dict[str, float]:
     """A float64 sum per tensor of the state dict (what a checkpoint keeps; not per-rank observations such as the
-    last step's statistics): equal on every rank of a correct DDP fit."""
-    return {name: float(t.detach().double().sum()) for name, t in module.state_dict().items() if torch.is_tensor(t)}
+    last step's statistics): equal on every rank of a correct DDP fit. BatchNorm's running statistics are left out:
+    DDP broadcasts them from rank zero before every forward, and after the last step each rank's hold its own batch."""
+    return {name: float(t.detach().double().sum()) for name, t in module.state_dict().items()
+            if torch.is_tensor(t) and not name.endswith(BATCHNORM_STATISTICS)}
+
+
+BATCHNORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def tensors_that_disagree(module: torch.nn.Module) -> list[str]:
