@@ -18,13 +18,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from medcomp.bench import machine
+from medcomp.bench import add_device_options, machine
 from medcomp.codecs.registry import get_codec
 from medcomp.data.block_datamodules import center_crop, sample_files
 from medcomp.data.readers import read_image
 from medcomp.metrics import psnr
 from medcomp.target import Target
 from medcomp.utils.atomic import atomic_write_text
+from medcomp.utils.devices import computing_on, resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +39,13 @@ def main(argv=None):
     ap.add_argument("--ckpt", nargs="*", default=[], metavar="CODEC=WEIGHTS", help="other weights than the shipped")
     ap.add_argument("--name", default="codec2d_speed", help="result file name under --out-dir")
     ap.add_argument("--out-dir", default=str(ROOT / "experiments" / "results"))
+    add_device_options(ap, fits=False)
     args = ap.parse_args(argv)
+    with computing_on(resolve_device(args.device)):
+        return measure(args)
+
+
+def measure(args) -> int:
     weights = dict(item.split("=", 1) for item in args.ckpt)
     image = center_crop(read_image(sample_files(["RG1_UNCR.dcm"])[0]), args.size)
     points = []

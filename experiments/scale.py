@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcomp.bench import machine
+from medcomp.bench import add_device_options, machine
 from medcomp.data.readers import read_image
 from medcomp.data.writers import write_image
 from medcomp.utils.atomic import atomic_path, atomic_write_text
@@ -114,6 +114,7 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "scale.json"))
     p.add_argument("--resume", action="store_true")
     p.add_argument("--plot-only", action="store_true", help="redraw the plot from the JSON (also a partial one)")
+    add_device_options(p, fits=False)
     args = p.parse_args()
     if args.plot_only:
         plot(json.loads(Path(args.out).read_text()), Path(args.out).with_suffix(".png"))
@@ -166,9 +167,9 @@ def main() -> int:
                     "volume_bytes": nbytes, "ratio": ratios[codec], "fit_steps": args.fit_steps if codec in learned else None,
                     "load_average_at_start": os.getloadavg()[0],
                     "compress": timed(["compress", str(src), str(mcz), "--codec", codec, "--ratio", str(ratios[codec]),
-                                       *extra])}
+                                       *extra, "--device", args.device])}
             if case["compress"]["exit"] == 0:
-                case["decompress"] = timed(["decompress", str(mcz), str(dec)])
+                case["decompress"] = timed(["decompress", str(mcz), str(dec), "--device", args.device])
                 for step in ("compress", "decompress"):
                     case[step]["within_limit"] = case[step]["peak_rss_bytes"] <= 4 * nbytes + 1.5 * 2**30
                 mcz.unlink()

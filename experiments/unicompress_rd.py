@@ -35,7 +35,15 @@ import lightning as L
 import numpy as np
 import torch
 
-from medcomp.bench import bd_metrics, earlier_result, machine, plot_rd, shared_data, shared_data_or_exit
+from medcomp.bench import (
+    add_device_options,
+    bd_metrics,
+    earlier_result,
+    machine,
+    plot_rd,
+    shared_data,
+    shared_data_or_exit,
+)
 from medcomp.callbacks import FilePsnrTrace
 from medcomp.codecs.registry import decode_container, get_codec
 from medcomp.config import compose
@@ -47,6 +55,7 @@ from medcomp.fitting import fit
 from medcomp.metrics.quality import psnr
 from medcomp.target import Target
 from medcomp.utils.atomic import atomic_path, atomic_write_text
+from medcomp.utils.devices import computing_on, resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,8 +82,11 @@ class StepClock(L.Callback):
         self.times.append(time.perf_counter())
 
 
+FIT_OVERRIDES: list[str] = []  # --trainer: Hydra overrides for every fit (e.g. trainer=gpu)
+
+
 def learned_cfg(model: str, ratio: float, steps: int, out_dir: str, extra=()):
-    return compose([f"model={model}", "data=volume", "logger=none", "callbacks=none", "baselines=[]",
+    return compose([*FIT_OVERRIDES, f"model={model}", "data=volume", "logger=none", "callbacks=none", "baselines=[]",
                     f"compression.ratio={ratio}", "compression.bpp=null", f"compression.name=cr{ratio:g}",
                     f"model.fit_steps={steps}", f"paths.output_dir={out_dir}", "trainer.enable_progress_bar=false",
                     "++save_final_checkpoint=false", *extra])
@@ -291,7 +303,9 @@ def main(argv=None):
     ap.add_argument("--out-dir", default=str(ROOT / "experiments" / "results"))
     ap.add_argument("--resume", action="store_true",
                     help="keep the inputs an earlier, stopped run of the same settings finished; run only the rest")
+    add_device_options(ap)
     args = ap.parse_args(argv)
+    FIT_OVERRIDES[:] = args.trainer
     given = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--resume"]
     command = "python experiments/unicompress_rd.py " + " ".join(given)
     shared_data_or_exit("runs on its real CT and EM")
@@ -300,7 +314,7 @@ def main(argv=None):
     earlier = earlier_result(out / f"{args.name}.json", settings) if args.resume else None
     results, kd = (earlier["inputs"], earlier.get("kd_gain", {})) if earlier else ({}, {})
     t_start = time.perf_counter() - (earlier["wall_s"] if earlier else 0.0)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, computing_on(resolve_device(args.device)):
         for i, name in enumerate(args.inputs):
             if name in results:
                 print(f"{name}: kept from the earlier run")

@@ -26,6 +26,16 @@ def shared_data() -> Path | None:
     return p if p.is_dir() else None
 
 
+def add_device_options(ap, fits: bool = True) -> None:
+    """``--device`` (where learned codecs run outside a fit; default cpu, as the recorded results were measured) and,
+    for scripts that fit models, ``--trainer`` (Hydra overrides for every fit, e.g. ``--trainer trainer=gpu``)."""
+    ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"],
+                    help="where learned codecs encode and decode outside a fit")
+    if fits:
+        ap.add_argument("--trainer", nargs="*", default=[], metavar="OVERRIDE",
+                        help="Hydra overrides for every fit, e.g. trainer=gpu or trainer.precision=bf16-mixed")
+
+
 def shared_data_or_exit(needs: str) -> Path:
     """The shared data, or exit with one line saying what the benchmark ``needs`` it for."""
     shared = shared_data()

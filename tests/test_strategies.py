@@ -130,14 +130,29 @@ class KillAt:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def test_points_drawn_on_the_device_give_the_same_file(tmp_path, ct_crop):
+    """data.sample_on_device=true (what auto does on a GPU: the loader only ticks, the data module draws each step's
+    points where the blocks live) runs the same code on a CPU; there its generator draws the loader's stream, so the
+    file is the same byte for byte."""
+    files = {}
+    for on_device in ("false", "true"):
+        r = run_py(*overrides("unicompress", ct_crop, None), f"data.sample_on_device={on_device}", "logger=none",
+                   f"paths.log_dir={tmp_path / on_device}", env={"OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        files[on_device] = next((tmp_path / on_device).rglob("*.mcz")).read_bytes()
+    assert files["true"] == files["false"]
+
+
 @pytest.mark.slow
-def test_resume_after_the_code_freeze_gives_the_uninterrupted_file(tmp_path, ct_crop):
+@pytest.mark.parametrize("on_device", ["false", "true"])
+def test_resume_after_the_code_freeze_gives_the_uninterrupted_file(tmp_path, ct_crop, on_device):
     """UniCompress killed (SIGKILL) after its block codes froze, then ``resume=auto``: the same file, byte for byte,
     as the run that was never interrupted. On 3997f38 the freeze was not in the checkpoint and the resumed fit
     trained unfrozen codes to the end."""
     common = ["model=unicompress", "data=volume", f"data.path={ct_crop}", "compression=cr256", "logger=none",
               "baselines=[]", "model.fit_steps=300", "data.steps_per_epoch=50", f"paths.log_dir={tmp_path}",
-              "+callbacks.kill._target_=tests.test_strategies.KillAt", "+callbacks.kill.step=160"]
+              "+callbacks.kill._target_=tests.test_strategies.KillAt", "+callbacks.kill.step=160",
+              f"data.sample_on_device={on_device}"]  # true: the device generator's state is in the checkpoint too
     env = {"OMP_NUM_THREADS": "1"}  # the bytes depend on the thread count (runtime.machine)
     assert run_py(*common, "task_name=reference", "callbacks.kill.step=-1", env=env).returncode == 0
     # the codes freeze at step 75; the last checkpoint before the kill is step 150's

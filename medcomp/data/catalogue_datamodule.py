@@ -172,7 +172,7 @@ class DatasetDataModule:
                  # for codecs (BlockDataModule)
                  block_size: list[int] | None = None, block_size_2d: list[int] = (256, 256),
                  block_size_3d: list[int] = (32, 32, 32), normalise: str = "block", points_per_block: int = 4096,
-                 steps_per_epoch: int = 100,
+                 steps_per_epoch: int = 100, sample_on_device: bool | str = "auto",
                  # for classifiers (2-D radiograph datasets)
                  findings: list[str] | None = None, image_size: int = 224, resolution: int | None = None,
                  degrade_jpeg: bool = False, jpeg_ratio: float | None = None, jpeg_bpp: float | None = None,
@@ -188,7 +188,7 @@ class DatasetDataModule:
         self.loader_workers, self.persistent_workers, self.pin_memory = num_workers, persistent_workers, pin_memory
         self.codec_args = {"block_size": block_size, "block_size_2d": block_size_2d, "block_size_3d": block_size_3d,
                            "normalise": normalise, "points_per_block": points_per_block,
-                           "steps_per_epoch": steps_per_epoch, "seed": seed}
+                           "steps_per_epoch": steps_per_epoch, "seed": seed, "sample_on_device": sample_on_device}
         self.classification_args = {"findings": findings or [], "image_size": image_size, "resolution": resolution,
                                     "degrade_jpeg": degrade_jpeg, "jpeg_ratio": jpeg_ratio, "jpeg_bpp": jpeg_bpp,
                                     "batch_size": batch_size, "max_train": max_train, "augment": augment}
