@@ -203,3 +203,14 @@ def test_every_rank_draws_its_own_training_crops():
         dm.trainer = SimpleNamespace(global_rank=rank)
         first[rank] = next(iter(dm.train_dataloader()))
     assert first[0].shape == (4, 1, 32, 32) and not torch.equal(first[0], first[1])
+
+
+@pytest.mark.parametrize("n,world", [(16, 2), (17, 2), (5, 4), (3, 4), (1, 2)])
+def test_eval_shards_are_the_split_once_in_order(n, world):
+    """Concatenated in rank order, the unpadded shards are the split exactly once, in loader order (Lightning's
+    DistributedSampler pads the last shard with repeated images, which a synced AUROC would count twice)."""
+    from medcomp.utils.distributed import EvalShardSampler
+
+    shards = [list(EvalShardSampler(list(range(n)), world, r)) for r in range(world)]
+    assert [i for s in shards for i in s] == list(range(n))
+    assert [len(s) for s in shards] == [len(EvalShardSampler(list(range(n)), world, r)) for r in range(world)]

@@ -21,6 +21,7 @@ from medcomp.data.block_datamodules import center_crop, sample_files
 from medcomp.data.image import Image, to_unit
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
+from medcomp.utils.distributed import loader_settings
 
 SAMPLE_PREFIX = "pydicom-data:"
 
@@ -73,8 +74,10 @@ class RandomCrops(Dataset):
 class ImagesDataModule(L.LightningDataModule):
     def __init__(self, train: list[str], eval: list[str], crop: int = 128, batch_size: int = 8,
                  steps_per_epoch: int = 200, slice_step: int = 1, max_train_images: int | None = None,
-                 eval_crop: int | None = None, seed: int = 0):
+                 eval_crop: int | None = None, seed: int = 0, num_workers: int | str = "auto",
+                 pin_memory: bool | str = "auto", persistent_workers: bool = False):
         super().__init__()
+        self.loader = {"num_workers": num_workers, "pin_memory": pin_memory, "persistent_workers": persistent_workers}
         self.train_entries, self.eval_entries = list(train or []), list(eval or [])
         self.crop, self.batch_size, self.steps_per_epoch = crop, batch_size, steps_per_epoch
         self.slice_step, self.max_train_images, self.eval_crop, self.seed = slice_step, max_train_images, eval_crop, seed
@@ -107,4 +110,8 @@ class ImagesDataModule(L.LightningDataModule):
         self.images = [center_crop(read_image(p), self.eval_crop) for p in evaluation]
 
     def train_dataloader(self):
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, num_workers=0, drop_last=True)
+        # each crop draws from (seed, index, the process's torch seed): a different stream per DDP rank (the sampler's
+        # indices), per loader worker and per epoch (the loader seeds its workers anew each epoch)
+        workers = loader_settings(self.trainer, self.loader["num_workers"], self.loader["pin_memory"])
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=False, drop_last=True, **workers,
+                          persistent_workers=self.loader["persistent_workers"] and workers["num_workers"] > 0)

@@ -83,8 +83,9 @@ class ClassifierModule(L.LightningModule):
         """This stage's scores and labels over the whole split, in loader order: ``across_ranks``, the same on every
         rank (each rank scored its own unpadded shard: medcomp.utils.distributed); else this process's alone."""
         outs, self._outputs[stage] = self._outputs[stage], []
+        # a rank whose shard is empty sends 1-D empties: torch.cat skips them beside the other ranks' (n, K) parts
         parts = [torch.cat(p) for p in zip(*outs)] if outs else \
-            [torch.zeros(0), torch.zeros(0, 0), torch.zeros(0, dtype=torch.long), torch.zeros(0, 0)]
+            [torch.zeros(0), torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0)]
         return gather_in_order(parts) if across_ranks else parts
 
     def on_validation_epoch_end(self):
