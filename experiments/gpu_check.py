@@ -217,8 +217,7 @@ def dry_run(steps) -> list[str]:
     for name, argv, _ in steps:
         try:
             if argv[1] == "run.py":
-                cfg = compose([a for a in argv[2:] if not a.startswith("paths.")])
-                assert cfg.model_name in argv[2] or "model=" not in " ".join(argv), cfg.model_name
+                compose([a for a in argv[2:] if not a.startswith("paths.")])
             elif argv[1:3] == ["-m", "medcomp.cli"]:
                 build_parser().parse_args([a.replace("{unicompress_300.mcz}", "x.mcz") for a in argv[3:]])
         except (Exception, SystemExit) as exc:  # noqa: BLE001

@@ -109,13 +109,13 @@ def test_no_tensor_state_outside_parameters_and_buffers_after_a_fit(fitted, name
     assert stray_tensors(model) == []
 
 
-def _to_fake(batch, device):
+def _to_device(batch, device):
     if torch.is_tensor(batch):
         return batch.to(device)
     if isinstance(batch, dict):
-        return {k: _to_fake(v, device) for k, v in batch.items()}
+        return {k: _to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_fake(v, device) for v in batch)
+        return type(batch)(_to_device(v, device) for v in batch)
     return batch
 
 
@@ -129,7 +129,7 @@ def test_a_training_step_runs_on_a_fake_cuda_device(fitted, name):
     model.train()
     with FakeTensorMode(allow_non_fake_inputs=True):
         model.to("cuda")
-        batch = _to_fake(batch, "cuda")
+        batch = _to_device(batch, "cuda")  # fake: inside FakeTensorMode
         # the 2-D codecs step their optimiser by hand: their loss is the step's forward
         loss = model.training_loss(batch)[0] if hasattr(model, "training_loss") else model.training_step(batch, 0)
         assert loss.device.type == "cuda"

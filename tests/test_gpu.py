@@ -20,9 +20,9 @@ def test_a_training_step_with_its_backward_on_cuda(fitted, name):  # noqa: F811
     model, batch = run.model, next(iter(run.datamodule.train_dataloader()))
     model.log = model.log_dict = lambda *a, **k: None
     model.train().to("cuda")
-    from tests.test_devices import _to_fake
+    from tests.test_devices import _to_device
 
-    batch = _to_fake(batch, "cuda")  # a real move here: the same tree walk
+    batch = _to_device(batch, "cuda")
     loss = model.training_loss(batch)[0] if hasattr(model, "training_loss") else model.training_step(batch, 0)
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]

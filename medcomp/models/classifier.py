@@ -63,10 +63,6 @@ class ClassifierModule(L.LightningModule):
                                                     pct_start=0.1, anneal_strategy="cos")
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    def on_train_epoch_end(self):
-        if self.current_epoch + 1 >= self.hparams.epochs:
-            self.trainer.should_stop = True
-
     def _collect(self, stage: str, batch):
         mcct, mlct, _ = self.heads(batch)
         # float32 on the host: under bf16-mixed the logits are bf16, which NumPy cannot take
