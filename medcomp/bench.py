@@ -16,6 +16,7 @@ from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
 from medcomp.target import Target
 from medcomp.utils.atomic import atomic_path, atomic_write_text
+from medcomp.utils.outputs import check_output_path
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -161,6 +162,15 @@ def earlier_result(path: Path, settings: dict) -> dict | None:
 
 def rd_benchmark(inputs, codecs, ratios=None, bpps=None, reference="jpeg2000", name="rd",
                  out_dir=Path("experiments/results"), key=None, command="") -> dict:
+    out_dir = Path(out_dir)
+    # Before any work, as compress and decompress do: the results are two plain files in out_dir (rewritten on a
+    # rerun), never an input (`--name rd --out-dir .` beside rd.png replaced the image with its plot) nor outside it.
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise MedcompError(f"--name {name!r}: a file name without folders (the results go to --out-dir {out_dir})")
+    for suffix in (".json", ".png"):
+        check_output_path(out_dir / f"{name}{suffix}", list(inputs), force=True)
+    if reference not in codecs:
+        raise MedcompError(f"reference codec '{reference}' is not among the benchmarked codecs {codecs}")
     if not ratios and not bpps:
         ratios = [32, 64, 128, 256]
     targets = [Target(ratio=r) for r in ratios] if ratios else [Target(bpp=b) for b in bpps]
@@ -172,7 +182,6 @@ def rd_benchmark(inputs, codecs, ratios=None, bpps=None, reference="jpeg2000", n
     result = {"name": name, "command": command, "inputs": [str(p) for p in inputs], "reference": reference,
               "curves": curves, "bd_vs_reference": bd, "points": points, "machine": machine(),
               "date": datetime.now(UTC).isoformat(timespec="seconds")}
-    out_dir = Path(out_dir)
     atomic_write_text(out_dir / f"{name}.json", json.dumps(result, indent=2))
     plot_rd({name: curves}, out_dir / f"{name}.png", title=name)
     return result

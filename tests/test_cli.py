@@ -135,3 +135,23 @@ def test_classical_codec_does_not_import_the_learned_models():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]"
+
+
+def test_bench_rd_never_writes_over_its_input_or_outside_its_folder(tmp_path):
+    """`bench rd --name rd --out-dir .` beside rd.png replaced the image with its plot, and `--name ../x` wrote outside
+    --out-dir (issue 35): both are one line, exit 2, before any encoding; the input is untouched."""
+    from PIL import Image as PILImage
+
+    src = tmp_path / "rd.png"
+    PILImage.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype("uint8")).save(src)
+    before = src.read_bytes()
+    common = ["bench", "rd", "--input", src, "--codecs", "jpeg2000", "jpeg", "--ratios", "4", "8"]
+    r = run_cli(*common, "--name", "rd", "--out-dir", tmp_path)
+    assert r.returncode == 2 and src.read_bytes() == before
+    assert r.stderr.strip().splitlines()[-1] == f"medcomp: error: {src}: the output is the input file; choose another output path"
+    r = run_cli(*common, "--name", "../escaped", "--out-dir", tmp_path / "out")
+    assert r.returncode == 2 and "a file name without folders" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "escaped.json").exists() and not (tmp_path / "escaped.png").exists()
+    r = run_cli(*common, "--name", "ok", "--out-dir", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["ok.json", "ok.png"]
