@@ -48,12 +48,13 @@ def trainer_rules(cfg: DictConfig, model) -> dict:
     rules = {}
     strategy = cfg.trainer.get("strategy")
     if isinstance(strategy, str) and strategy.startswith("fsdp"):
-        rank_zero_info("medcomp: trainer.strategy=%s runs as ddp: every medcomp model fits on one device, and its export and "
-                 "test read whole weights", strategy)
+        rank_zero_info("medcomp: trainer.strategy=%s runs as ddp: every medcomp model fits on one device, and its "
+                       "export and test read whole weights", strategy)
         rules["strategy"] = "ddp"
     if getattr(model, "full_precision_fit", False) and cfg.trainer.get("precision") not in FULL_PRECISION:
-        rank_zero_info("medcomp: %s fits in fp32, not trainer.precision=%s (sine activations and coordinates lose accuracy "
-                 "in half precision, and the decoder runs in fp32)", type(model).__name__, cfg.trainer.precision)
+        rank_zero_info("medcomp: %s fits in fp32, not trainer.precision=%s (sine activations and coordinates lose "
+                       "accuracy in half precision, and the decoder runs in fp32)", type(model).__name__,
+                       cfg.trainer.precision)
         rules["precision"] = "32-true"
     return rules
 

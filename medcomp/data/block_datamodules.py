@@ -15,6 +15,7 @@ from medcomp.data.blocks import BlockLayout, plan_blocks, split_blocks
 from medcomp.data.image import Image, from_unit, to_unit
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
+from medcomp.utils.distributed import on_gpu, trainer_rank
 from medcomp.utils.memory import slabs
 
 ROWS_VOXELS = 1 << 22  # float64 working set of the normalisation: one group of blocks, not the image
@@ -149,12 +150,10 @@ class BlockDataModule(L.LightningDataModule):
             self.block_ranges.append(ranges)
 
     def _samples_on_device(self) -> bool:
-        if self.sample_on_device == "auto":
-            return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return bool(self.sample_on_device)
+        return on_gpu(self.trainer) if self.sample_on_device == "auto" else bool(self.sample_on_device)
 
     def train_dataloader(self):
-        rank = self.trainer.global_rank if self.trainer is not None else 0
+        rank = trainer_rank(self.trainer)
         # The model may bound the points a step takes (its widest network's activations); else the default bound.
         cap = getattr(getattr(self.trainer, "lightning_module", None), "max_points_per_step", None)
         self._points = RandomPointsDataset(self.blocks, self.points_per_block, self.steps_per_epoch, self.seed + rank,
@@ -176,7 +175,7 @@ class BlockDataModule(L.LightningDataModule):
             if restored is not None:
                 generator.set_state(restored)
             else:
-                generator.manual_seed(self.seed + self.trainer.global_rank)
+                generator.manual_seed(self.seed + trainer_rank(self.trainer))
             self._device_generator = generator
         return sample_points(self._device_blocks, self._points.points, self._device_generator)
 

@@ -319,10 +319,9 @@ class CasesClassificationDataModule(L.LightningDataModule):
                          "ratio_actual_train_sample": ratio, "sample_images": len(sample)}
 
     def _loader(self, split: str, shuffle: bool):
-        from medcomp.data.cxr import _rank
-        from medcomp.utils.distributed import eval_sampler, loader_settings
+        from medcomp.utils.distributed import eval_sampler, loader_settings, trainer_rank
 
-        augment = RadiographAugment(self.image_size, self.source.split_args["seed"], _rank(self.trainer)) \
+        augment = RadiographAugment(self.image_size, self.source.split_args["seed"], trainer_rank(self.trainer)) \
             if split == "train" and self.augment else None
         ds = _RadiographItems(self.items[split], self.finding_names, self.image_size, self.resolution,
                               self.degrade_quality, augment)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medcomp.errors import MedcompError
 from medcomp.target import Target, fit_to_budget
-from medcomp.utils.distributed import eval_sampler, loader_settings
+from medcomp.utils.distributed import eval_sampler, loader_settings, trainer_rank
 
 log = logging.getLogger("medcomp")
 
@@ -213,10 +213,6 @@ class _SplitDataset(Dataset):
         return item
 
 
-def _rank(trainer) -> int:
-    return trainer.global_rank if trainer is not None else 0
-
-
 class CXRClassificationDataModule(L.LightningDataModule):
     """Kermany (``dataset=kermany``, a folder root) or PneumoniaMNIST (``dataset=pneumoniamnist``, an npz path)."""
 
@@ -293,7 +289,7 @@ class CXRClassificationDataModule(L.LightningDataModule):
         if self.degrade_jpeg:
             tensors["jpeg"] = torch.from_numpy(split.jpeg).unsqueeze(1)
         if name == "train" and self.augment:
-            return _SplitDataset(tensors, RadiographAugment(self.image_size, self.seed, _rank(self.trainer)),
+            return _SplitDataset(tensors, RadiographAugment(self.image_size, self.seed, trainer_rank(self.trainer)),
                                  self.resolution, self.jpeg.get("quality"))
         return _SplitDataset(tensors)
 

@@ -91,9 +91,11 @@ class RandomBlocksDataModule(L.LightningDataModule):
     def train_dataloader(self):
         # one crop stream per DDP rank: the sampler's index is not used, so a shared seed gave every rank the same
         # batches (twice the work for the gradient of one)
-        rank = self.trainer.global_rank if self.trainer is not None else 0
+        from medcomp.utils.distributed import trainer_rank
+
         return torch.utils.data.DataLoader(_Crops(self.volumes, self.block, self.batch_size, self.steps,
-                                                  self.seed + 1_000_003 * rank), batch_size=None, num_workers=0)
+                                                  self.seed + 1_000_003 * trainer_rank(self.trainer)),
+                                           batch_size=None, num_workers=0)
 
 
 class _Crops(torch.utils.data.Dataset):

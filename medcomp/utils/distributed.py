@@ -18,8 +18,14 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+def trainer_rank(trainer) -> int:
+    """This process's global rank in ``trainer``'s run (0 without a trainer)."""
+    return trainer.global_rank if trainer is not None else 0
+
+
+def on_gpu(trainer) -> bool:
+    """Whether ``trainer`` fits on a CUDA device."""
+    return trainer is not None and trainer.strategy.root_device.type == "cuda"
 
 
 def keep_every_parameter_in_graph(loss: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
@@ -115,7 +121,7 @@ def loader_settings(trainer, num_workers: int | str = "auto", pin_memory: bool |
     work; on a CPU, 0 workers (the cores are the training's) and no pinning."""
     from medcomp.runtime import usable_cpus
 
-    on_gpu = trainer is not None and trainer.strategy.root_device.type == "cuda"
-    workers = (min(4, max(0, usable_cpus() // max(1, trainer.num_devices if trainer else 1) - 1)) if on_gpu else 0) \
+    gpu = on_gpu(trainer)
+    workers = (min(4, max(0, usable_cpus() // max(1, trainer.num_devices) - 1)) if gpu else 0) \
         if num_workers == "auto" else int(num_workers)
-    return {"num_workers": workers, "pin_memory": on_gpu if pin_memory == "auto" else bool(pin_memory)}
+    return {"num_workers": workers, "pin_memory": gpu if pin_memory == "auto" else bool(pin_memory)}
