@@ -8,7 +8,9 @@ canonical (z, y, x). MONAI is used for training-time transforms, where float ten
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +42,7 @@ def read_image(path: str | os.PathLike, key: str | None = None) -> Image:
     if key is None and ":" in text and not Path(text).exists() and Path(text.rsplit(":", 1)[0]).is_file():
         text, key = text.rsplit(":", 1)  # file.h5:volumes/raw
     path = Path(text)
-    if not path.exists():
-        raise MedcompError(f"{path}: no such file or directory")
+    check_readable(path)
     try:
         image = _dispatch(path, key)
     except MedcompError:
@@ -50,6 +51,25 @@ def read_image(path: str | os.PathLike, key: str | None = None) -> Image:
         raise MedcompError(f"{path}: cannot read ({type(exc).__name__}: {_first_line(exc)})") from exc
     image.name = image.name if image.name != "image" else _stem(path)
     return validate_image(image, str(path))
+
+
+def check_readable(path: Path) -> None:
+    """A regular file or a folder, reachable: a device (/dev/zero reads forever), a FIFO or a socket, a symlink loop
+    and a missing path are each one line, before anything is opened."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise MedcompError(f"{path}: symbolic link loop") from exc
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            if os.path.islink(path):
+                raise MedcompError(f"{path}: broken symbolic link (to {os.readlink(path)})") from exc
+            raise MedcompError(f"{path}: no such file or directory") from exc
+        raise MedcompError(f"{path}: cannot read ({exc.strerror})") from exc
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        kind = ("character device" if stat.S_ISCHR(mode) else "block device" if stat.S_ISBLK(mode) else
+                "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "special file")
+        raise MedcompError(f"{path}: is a {kind}, not a regular file or folder")
 
 
 def _first_line(exc: Exception) -> str:
@@ -67,8 +87,7 @@ def _stem(path: Path) -> str:
 
 def _dispatch(path: Path, key: str | None) -> Image:
     if path.is_dir():
-        rasters = [p for p in path.iterdir() if p.is_file() and _suffix(p) in RASTER_SUFFIXES]
-        return read_raster_stack(path, rasters) if rasters else read_dicom_series(path)
+        return read_folder(path)
     suf = _suffix(path)
     if suf in NIFTI_SUFFIXES:
         return read_nifti(path)
@@ -161,10 +180,55 @@ def _photometric(ds) -> str:
     return str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
 
 
+def _tag_number(path, ds, keyword: str, default: float) -> float:
+    """A numeric attribute (DS) as a finite float; absent or empty → ``default``; anything else is one line."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise MedcompError(f"{path}: {keyword} {value!r} is not a number") from exc
+    if not np.isfinite(number):
+        raise MedcompError(f"{path}: {keyword} {value!r} is not a finite number")
+    return number
+
+
 def _rescaled_pixels(path, ds, meta: dict) -> tuple[np.ndarray, tuple | None]:
-    """The decoded pixels with the file's Rescale Slope/Intercept applied or returned (see :func:`_rescaled`)."""
-    return _rescaled(_pixels(path, ds), float(ds.get("RescaleSlope", 1) or 1),
-                     float(ds.get("RescaleIntercept", 0) or 0), meta)
+    """The decoded pixels mapped to real values as PS3.3 C.11.1 says, applied or returned (see :func:`_rescaled`):
+    a Modality LUT Sequence through pydicom's ``apply_modality_lut`` (the LUT's output is the data: integers, so
+    it is applied); otherwise Rescale Slope/Intercept; for RT Dose also DoseGridScaling (dose = stored × scaling,
+    C.8.8.3). A slope or scaling of 0 would make every value the same: refused."""
+    stored = _pixels(path, ds)
+    if "ModalityLUTSequence" in ds:
+        from pydicom.pixels import apply_modality_lut
+
+        values = apply_modality_lut(stored, ds)
+        if values.dtype.kind == "f" and np.array_equal(values, np.rint(values)):
+            values = values.astype(np.int32)
+        meta["units"] = str(ds.ModalityLUTSequence[0].get("ModalityLUTType", "") or "modality LUT")
+        return _narrowest(values), None
+    slope = _tag_number(path, ds, "RescaleSlope", 1.0)
+    intercept = _tag_number(path, ds, "RescaleIntercept", 0.0)
+    if str(ds.get("Modality", "")) == "RTDOSE" and "DoseGridScaling" in ds:
+        slope *= _tag_number(path, ds, "DoseGridScaling", 1.0)
+        meta["units"] = str(ds.get("DoseUnits", "GY"))
+    if slope == 0:
+        raise MedcompError(f"{path}: rescale slope is 0 (RescaleSlope / DoseGridScaling); every stored value would "
+                           "map to the intercept")
+    return _rescaled(stored, slope, intercept, meta)
+
+
+def _narrowest(values: np.ndarray) -> np.ndarray:
+    """Integer values in the narrowest of uint8/uint16/int16/int32 that holds them (a LUT's output as pydicom gives
+    it may be wider than its entries need)."""
+    if values.dtype.kind not in "iu":
+        return values
+    lo, hi = int(values.min()), int(values.max())
+    for dt in (np.uint8, np.uint16, np.int16, np.int32):
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return values.astype(dt, copy=False)
+    return values
 
 
 def _pixels(path, ds) -> np.ndarray:
@@ -210,22 +274,71 @@ def read_dicom_file(path: Path) -> Image:
                  photometric=_photometric(ds), modality=meta["modality"] or None)
 
 
-def read_dicom_series(folder: Path) -> Image:
-    """All DICOM files of one folder, sorted by position along the slice normal. Headers are read first (no pixels),
-    then the pixels of one slice at a time into the volume: peak memory is the volume plus one slice."""
+OTHER_SUFFIXES = RASTER_SUFFIXES + NIFTI_SUFFIXES + ITK_SUFFIXES + HDF5_SUFFIXES + (
+    ".npy", ".txt", ".md", ".pdf", ".xml", ".json", ".csv", ".html", ".htm", ".zip", ".gz")
+
+
+def _dicom_headers(folder: Path) -> tuple[list, list[Path]]:
+    """(path, header) of every DICOM image of ``folder``, and the other files (thumbnails, readmes, reports)."""
     from pydicom.errors import InvalidDicomError
 
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    headers = []
-    for f in files:
+    headers, others = [], []
+    for f in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if not f.is_file():
+            continue
+        if _suffix(f) in OTHER_SUFFIXES:  # never parsed as DICOM: a forced parse of a JPEG can "succeed"
+            others.append(f)
+            continue
         try:
             ds = _dcmread(f, stop_before_pixels=True)
         except InvalidDicomError:
-            continue  # DICOMDIR-less folders often hold readme files; only DICOM counts
+            others.append(f)  # DICOMDIR-less folders often hold readme files; only DICOM counts
+            continue
         except Exception as exc:  # noqa: BLE001
             raise MedcompError(f"{f}: cannot read DICOM ({_first_line(exc)})") from exc
         if "Rows" in ds:  # an image (a DICOMDIR, report or presentation state has no rows)
             headers.append((f, ds))
+        else:
+            others.append(f)
+    return headers, others
+
+
+def read_folder(folder: Path) -> Image:
+    """A folder is a DICOM series when it holds DICOM images (anything else in it is named in a note), else a stack
+    of 2-D raster slices."""
+    headers, others = _dicom_headers(folder)
+    if headers:
+        image = read_dicom_series(folder, headers)
+        if others:
+            names = ", ".join(p.name for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            image.meta.setdefault("notes", []).append(
+                f"{folder}: read the DICOM series ({len(headers)} slices); ignored {len(others)} other "
+                f"file{'s' if len(others) > 1 else ''}: {names}")
+        return image
+    rasters = [p for p in others if _suffix(p) in RASTER_SUFFIXES]
+    if rasters:
+        return read_raster_stack(folder, rasters)
+    raise MedcompError(f"{folder}: folder holds no DICOM images and no PNG/JPEG/TIFF slices")
+
+
+# Attributes every slice of one volume must share (PS3.3 C.7.6.3 / C.7.6.2): a series that mixes them is several
+# images, and one spacing, one photometric interpretation and one bit depth would be wrong for some of its slices.
+SERIES_INVARIANTS = ("Rows", "Columns", "PixelSpacing", "PhotometricInterpretation", "BitsAllocated", "BitsStored",
+                     "PixelRepresentation", "SamplesPerPixel")
+
+
+def _series_invariant(ds, keyword: str):
+    value = ds.get(keyword)
+    if keyword == "PixelSpacing" and value is not None:
+        return tuple(round(float(v), 6) for v in value)
+    return str(value).strip() if isinstance(value, str) else value
+
+
+def read_dicom_series(folder: Path, headers: list | None = None) -> Image:
+    """All DICOM files of one folder, sorted by position along the slice normal. Headers are read first (no pixels),
+    then the pixels of one slice at a time into the volume: peak memory is the volume plus one slice."""
+    if headers is None:
+        headers, _ = _dicom_headers(folder)
     if not headers:
         raise MedcompError(f"{folder}: folder holds no DICOM images")
     series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in headers}
@@ -233,8 +346,10 @@ def read_dicom_series(folder: Path) -> Image:
         raise MedcompError(f"{folder}: folder mixes {len(series)} DICOM series; point at one series folder")
     ds0 = headers[0][1]
     for f, ds in headers:
-        if (ds.Rows, ds.Columns) != (ds0.Rows, ds0.Columns):
-            raise MedcompError(f"{f}: slice is {ds.Rows}×{ds.Columns}, the series' first slice {ds0.Rows}×{ds0.Columns}")
+        for key in SERIES_INVARIANTS:
+            if _series_invariant(ds, key) != _series_invariant(ds0, key):
+                raise MedcompError(f"{f}: {key} {_series_invariant(ds, key)} differs from the series' first slice "
+                                   f"({_series_invariant(ds0, key)}); slices of one volume must share it")
         if int(ds.get("NumberOfFrames", 1) or 1) != 1:
             raise MedcompError(f"{f}: expected one 2-D slice per file in a series, got {ds.NumberOfFrames} frames")
     oriented = all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in headers)
@@ -294,6 +409,19 @@ def _gzip_size(path: Path) -> int:
         return int.from_bytes(fh.read(4), "little")
 
 
+# deflate (gzip, zlib) codes at most 1032 bytes into one (RFC 1951: a 258-byte match in at least 2 bits)
+DEFLATE_MAX_RATIO = 1032
+
+
+def check_inflatable(path: Path, claimed: int) -> None:
+    """Refuse, before inflating, a compressed file whose header claims more bytes than deflate can give back from
+    the file's size: a 337-byte forged .nii.gz must not allocate 2 GB to find out."""
+    size = path.stat().st_size
+    if claimed > size * DEFLATE_MAX_RATIO:
+        raise MedcompError(f"{path}: header claims {claimed} bytes of voxels, more than {size} compressed bytes can "
+                           f"hold (deflate reaches at most {DEFLATE_MAX_RATIO}:1)")
+
+
 def read_nifti(path: Path) -> Image:
     import nibabel as nib
 
@@ -303,6 +431,7 @@ def read_nifti(path: Path) -> Image:
     claimed = int(np.prod(shape)) * hdr.get_data_dtype().itemsize
     offset = int(hdr.get_data_offset())
     if _suffix(path) == ".nii.gz":
+        check_inflatable(path, claimed + offset)
         have = _gzip_size(path) - offset
         if claimed + offset < 2**32 and have < claimed:
             raise MedcompError(f"{path}: header claims {shape} voxels ({claimed} bytes), the file holds {max(have, 0)}")
@@ -333,6 +462,15 @@ def itk_geometry(img) -> tuple[tuple, tuple, tuple]:
     return tuple(reversed(img.GetSpacing())), tuple(origin), tuple(float(v) for v in d.reshape(-1))
 
 
+def _itk_itemsizes() -> dict:
+    """SimpleITK pixel ids → NumPy dtypes, for the bytes a header claims (unknown ids: 1 byte, the smallest claim)."""
+    import SimpleITK as sitk
+
+    return {getattr(sitk, f"sitk{n}"): t for n, t in (
+        ("UInt8", "u1"), ("Int8", "i1"), ("UInt16", "u2"), ("Int16", "i2"), ("UInt32", "u4"), ("Int32", "i4"),
+        ("UInt64", "u8"), ("Int64", "i8"), ("Float32", "f4"), ("Float64", "f8"))}
+
+
 def read_itk(path: Path) -> Image:
     import SimpleITK as sitk
 
@@ -341,6 +479,9 @@ def read_itk(path: Path) -> Image:
     reader.ReadImageInformation()
     if reader.GetNumberOfComponents() != 1:
         raise MedcompError(f"{path}: {reader.GetNumberOfComponents()}-component image; only grayscale is supported")
+    claimed = int(np.prod(reader.GetSize())) * np.dtype(_itk_itemsizes().get(reader.GetPixelIDValue(), "u1")).itemsize
+    if _suffix(path) in (".mha", ".nrrd"):  # data in the same file: compressed or raw, it cannot hold more than this
+        check_inflatable(path, claimed)
     check_fits(int(np.prod(reader.GetSize())) * 8 * 2, str(path))
     img = reader.Execute()
     array = sitk.GetArrayFromImage(img)  # already (z, y, x)
@@ -369,22 +510,59 @@ def read_hdf5(path: Path, key: str | None) -> Image:
 
 
 def read_raster(path: Path) -> Image:
+    notes: list[str] = []
     if _suffix(path) in (".tif", ".tiff"):
         import tifffile
 
-        array = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            check_fits(int(np.prod(series.shape)) * series.dtype.itemsize * 2, str(path))
+            array = series.asarray()
+            samples = series.axes.endswith("S")  # last axis holds samples (grey+alpha, RGB), not slices
     else:
-        from PIL import Image as PILImage
-
-        with PILImage.open(path) as im:
-            im.load()
-            array = np.asarray(im)
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        rgb = array[..., :3]
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+        array, samples = _read_pil(path, notes), True
+    if samples and array.ndim == 3 and array.shape[-1] in (2, 4):  # grey+alpha, RGBA
+        alpha = array[..., -1]
+        if not np.all(alpha == alpha.flat[0]):
+            raise MedcompError(f"{path}: image has a transparency (alpha) channel that is not uniform; "
+                               "only grayscale is supported (flatten it first)")
+        notes.append(f"{path}: uniform alpha channel dropped")
+        array = array[..., :-1] if array.shape[-1] == 4 else array[..., 0]
+    if samples and array.ndim == 3 and array.shape[-1] == 3:
+        if not (np.array_equal(array[..., 0], array[..., 1]) and np.array_equal(array[..., 0], array[..., 2])):
             raise MedcompError(f"{path}: colour image; only grayscale is supported")
-        array = np.ascontiguousarray(rgb[..., 0])  # grey stored as RGB (common for exported X-rays)
-    return Image(array, None, {"format": _suffix(path).lstrip(".")})
+        array = np.ascontiguousarray(array[..., 0])  # grey stored as RGB (common for exported X-rays)
+    image = Image(np.ascontiguousarray(array), None, {"format": _suffix(path).lstrip(".")})
+    if notes:
+        image.meta["notes"] = notes
+    return image
+
+
+def _read_pil(path: Path, notes: list[str]) -> np.ndarray:
+    """A PNG/JPEG/BMP through Pillow. A palette image is its palette's values, not its indices: applied when the
+    palette is grey, refused when it holds colours."""
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as im:
+        check_fits(im.width * im.height * 8 * 2, str(path))
+        im.load()
+        if im.mode in ("P", "PA"):
+            indices = np.asarray(im.getchannel(0) if im.mode == "PA" else im)
+            palette = np.asarray(im.getpalette("RGB") or [], dtype=np.uint8).reshape(-1, 3)
+            used = palette[np.unique(indices)] if len(palette) > int(indices.max()) else None
+            if used is None:
+                raise MedcompError(f"{path}: palette image whose indices run past its palette")
+            if not (np.array_equal(used[:, 0], used[:, 1]) and np.array_equal(used[:, 0], used[:, 2])):
+                raise MedcompError(f"{path}: colour palette image; only grayscale is supported")
+            if "transparency" in im.info:
+                raise MedcompError(f"{path}: palette image with transparency; only grayscale is supported")
+            notes.append(f"{path}: grey palette applied (the stored values are palette indices)")
+            grey = palette[indices, 0]
+            return np.stack([grey, np.asarray(im.getchannel(1))], axis=-1) if im.mode == "PA" else grey
+        if im.mode in ("L", "I;16") and "transparency" in im.info:
+            raise MedcompError(f"{path}: grayscale image with a transparent colour key; only plain grayscale "
+                               "is supported")
+        return np.asarray(im)
 
 
 def read_raster_stack(folder: Path, files: list[Path]) -> Image:
