@@ -10,7 +10,10 @@ import imagecodecs
 import numpy as np
 
 from medcomp.codecs.base import (
+    Accepts,
     Codec,
+    check_number,
+    check_planes,
     image_header,
     join_planes,
     split_planes,
@@ -18,6 +21,7 @@ from medcomp.codecs.base import (
 from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
+from medcomp.errors import CorruptFileError
 from medcomp.target import Target, fit_to_budget
 
 
@@ -33,6 +37,10 @@ class SliceCodec(Codec):
     def decode_plane(self, data: bytes) -> np.ndarray:
         raise NotImplementedError
 
+    def plane_size(self, data: bytes) -> tuple[int, int] | None:
+        """(rows, columns) that a plane's codestream header claims, without decoding; None where not parsed."""
+        return None
+
     def _container(self, image: Image, coded: np.ndarray, mapping: dict, knob: float) -> Container:
         planes = coded if coded.ndim == 3 else coded[None]
         streams = [self.encode_plane(np.ascontiguousarray(p), knob) for p in planes]
@@ -40,6 +48,7 @@ class SliceCodec(Codec):
         return Container(self.name, header, join_planes(streams))
 
     def encode(self, image: Image, target: Target) -> Container:
+        self.check_input(image)
         coded, mapping = to_unsigned(image.array, self.bits)
         knob = fit_to_budget(
             lambda k: len(self._container(image, coded, mapping, k).to_bytes()),
@@ -49,10 +58,19 @@ class SliceCodec(Codec):
 
     def decode(self, container: Container) -> np.ndarray:
         header = container.header
-        coded = np.stack([self.decode_plane(data) for data in split_planes(container)])
-        shape = tuple(header["shape"])
-        coded = coded.reshape(shape)
-        return from_unsigned(coded, header["mapping"], header["dtype"])
+        check_number(header.get("knob"), f"{self.name} quality", self.knob_lo, self.knob_hi, self.integer)
+        check_number(header["mapping"].get("bits"), "mapping bits", self.bits, self.bits, integer=True)
+        hw = tuple(header["shape"][-2:])
+        planes = []
+        for data in split_planes(container):
+            # the size the codestream claims, read before the decoder allocates it (a 2 KB stream can claim GBs)
+            claimed = self.plane_size(data)
+            if claimed is not None and claimed != hw:
+                raise CorruptFileError(f"corrupt .mcz: a {self.name} stream is {claimed[0]}×{claimed[1]}, the header's "
+                                       f"slices {hw[0]}×{hw[1]}")
+            planes.append(self.decode_plane(data))
+        check_planes(planes, header["shape"])  # never a reshape of planes of another size
+        return from_unsigned(np.stack(planes).reshape(header["shape"]), header["mapping"], header["dtype"])
 
 
 class JPEG(SliceCodec):
@@ -64,7 +82,12 @@ class JPEG(SliceCodec):
     def encode_plane(self, plane, knob):
         return imagecodecs.jpeg8_encode(plane, level=int(knob), bitspersample=12)
 
+    def plane_size(self, data):
+        return jpeg_frame_size(data)
+
     def decode_plane(self, data):
+        if not data.endswith(b"\xff\xd9"):  # libjpeg fills a cut stream with grey and says nothing
+            raise CorruptFileError("corrupt .mcz: a JPEG stream has no end-of-image marker (cut short)")
         return imagecodecs.jpeg8_decode(data)
 
 
@@ -72,10 +95,18 @@ class JPEG2000(SliceCodec):
     """OpenJPEG, irreversible 9/7 wavelet. imagecodecs' ``level`` is a target PSNR in dB, not a rate."""
 
     name, bits, dicom_method = "jpeg2000", 16, "ISO_15444_1"
+    accepts = Accepts(min_side=4)  # the 9/7 wavelet on 2×2 slices: 31 dB at its best quality
     knob_lo, knob_hi, increasing = 5.0, 140.0, True
 
     def encode_plane(self, plane, knob):
         return imagecodecs.jpeg2k_encode(plane, level=float(knob), codecformat="j2k", reversible=False, numthreads=1)
+
+    def plane_size(self, data):
+        # SOC (FF4F), then SIZ (FF51): Lsiz, Rsiz, Xsiz, Ysiz, XOsiz, YOsiz (ISO 15444-1 A.5.1)
+        if len(data) < 24 or data[:4] != b"\xff\x4f\xff\x51":
+            raise CorruptFileError("corrupt .mcz: a JPEG 2000 stream does not start with SOC and SIZ")
+        xsiz, ysiz, xo, yo = (int.from_bytes(data[i : i + 4], "big") for i in (8, 12, 16, 20))
+        return ysiz - yo, xsiz - xo
 
     def decode_plane(self, data):
         return imagecodecs.jpeg2k_decode(data)
@@ -102,10 +133,39 @@ class JPEGLS(SliceCodec):
     knob_lo, knob_hi, increasing, integer = 0, 255, False, True
 
     def is_lossless(self, container):
-        return int(container.header.get("knob", -1)) == 0 and float(container.header["mapping"]["scale"]) == 1.0
+        return container.header.get("knob") == 0 and container.header["mapping"].get("scale") == 1.0
 
     def encode_plane(self, plane, knob):
         return imagecodecs.jpegls_encode(plane, level=int(knob))
 
+    def plane_size(self, data):
+        return jpeg_frame_size(data)
+
     def decode_plane(self, data):
         return imagecodecs.jpegls_decode(data)
+
+
+# Start-of-frame markers of ISO 10918-1 (B.1.1.3; C4, C8 and CC are other segments) and JPEG-LS's SOF55 (F7).
+SOF_MARKERS = {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7}
+
+
+def jpeg_frame_size(data: bytes) -> tuple[int, int]:
+    """(rows, columns) of a JPEG or JPEG-LS stream's frame header, walking its marker segments; hand-written because
+    the decoders allocate what the header says before they look any further."""
+    if data[:2] != b"\xff\xd8":
+        raise CorruptFileError("corrupt .mcz: a JPEG stream does not start with SOI")
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            break
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in SOF_MARKERS and pos + 9 <= len(data):
+            return int.from_bytes(data[pos + 5 : pos + 7], "big"), int.from_bytes(data[pos + 7 : pos + 9], "big")
+        if marker == 0xDA or length < 2:  # start of scan before any frame header
+            break
+        pos += 2 + length
+    raise CorruptFileError("corrupt .mcz: a JPEG stream has no frame header")

@@ -7,6 +7,7 @@ import numpy as np
 
 from medcomp.codecs.base import Codec, image_header
 from medcomp.codecs.container import Container
+from medcomp.errors import CorruptFileError
 
 
 class Deflate(Codec):
@@ -16,13 +17,18 @@ class Deflate(Codec):
         self.level = level
 
     def encode(self, image, target) -> Container:  # lossless: the target is not used
+        self.check_input(image)
         voxels = zlib.compress(np.ascontiguousarray(image.array).tobytes(), self.level)
         return Container(self.name, image_header(image), {"voxels": voxels})
 
     def decode(self, container) -> np.ndarray:
         h = container.header
         size = int(np.prod(h["shape"])) * np.dtype(h["dtype"]).itemsize  # inflate no more than the header says
-        voxels = zlib.decompressobj().decompress(container.sections["voxels"], size)
+        inflate = zlib.decompressobj()
+        voxels = inflate.decompress(container.sections["voxels"], size)
+        if len(voxels) != size or not inflate.eof or inflate.unused_data or inflate.unconsumed_tail:
+            raise CorruptFileError(f"corrupt .mcz: the deflate stream holds {len(voxels)} bytes"
+                                   f"{'' if inflate.eof else ' and is cut short'}; the header's image is {size}")
         return np.frombuffer(bytearray(voxels), h["dtype"]).reshape(h["shape"])  # writable, like every decode
 
     def is_lossless(self, container) -> bool:

@@ -154,11 +154,11 @@ def decode_uniform(data: bytes) -> np.ndarray:
     if not 2 <= k <= MAX_ALPHABET or n > 8 * (len(data) - HEADER.size):
         raise CorruptFileError("corrupt entropy-coded section (implausible sizes)")
     cdf = _uniform_cdf(k)
-    decoded = RansDecoder().decode_with_indexes(_with_tail(data[HEADER.size :], n), [0] * n, [cdf], [len(cdf)], [0])
+    decoded = RansDecoder().decode_with_indexes(with_tail(data[HEADER.size :], n), [0] * n, [cdf], [len(cdf)], [0])
     return np.asarray(decoded, dtype=np.int64) + lo
 
 
-def _with_tail(stream: bytes, n: int) -> bytes:
+def with_tail(stream: bytes, n: int) -> bytes:
     """The stream followed by zeros: CompressAI's rANS decoder reads a 32-bit word per symbol at most and does not
     check the end of its buffer, so a cut stream would read whatever memory follows (different garbage each run).
     Valid streams never reach the zeros."""
@@ -181,5 +181,5 @@ def decode_symbols(data: bytes) -> np.ndarray:
     cdf = [0] + np.cumsum(freqs).tolist()
     if cdf[-1] != 1 << PRECISION:
         raise CorruptFileError("corrupt entropy-coded section (frequency table does not sum to 2^16)")
-    decoded = RansDecoder().decode_with_indexes(_with_tail(data[pos:], n), [0] * n, [cdf], [len(cdf)], [0])
+    decoded = RansDecoder().decode_with_indexes(with_tail(data[pos:], n), [0] * n, [cdf], [len(cdf)], [0])
     return np.asarray(decoded, dtype=np.int64) + lo

@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from medcomp.codecs.base import Codec
+from medcomp.codecs.base import Accepts, Codec
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
@@ -22,6 +22,7 @@ class FittedCodec(Codec):
     (dotted path) that decodes its files."""
 
     fitted = True
+    accepts = Accepts(float32_values=True)
 
     def __init__(self, name: str, decoder: str, overrides: list[str] | tuple = ()):
         self.name, self.decoder, self.overrides = name, decoder, list(overrides)
@@ -35,20 +36,32 @@ class FittedCodec(Codec):
         return self
 
     def fit_config(self) -> DictConfig:
-        """Composed once per codec, like ``python run.py model=<name> data=volume OVERRIDES``."""
+        """Composed once per codec, like ``python run.py model=<name> data=volume OVERRIDES``; a bad override is one
+        line naming it (see :func:`check_overrides`)."""
         if self._config is None:
             from medcomp.config import compose
 
-            self._config = compose([f"model={self.name}", "data=volume", "logger=none", "callbacks=none",
-                                    "baselines=[]", "+save_final_checkpoint=false", *self.overrides])
+            check_override_syntax(self.name, self.overrides)
+            try:
+                cfg = compose([f"model={self.name}", "data=volume", "logger=none", "callbacks=none",
+                               "baselines=[]", "+save_final_checkpoint=false", *self.overrides])
+            except Exception as exc:  # noqa: BLE001 - Hydra's composition errors: unknown keys, groups, values
+                raise MedcompError(f"--override: {_hydra_reason(exc)}") from exc
+            check_fit_values(cfg)
+            self._config = cfg
         return self._config
 
     def encode(self, image: Image, target: Target) -> Container:
         from medcomp.fitting import fit
 
+        self.check_input(image)
         if self._held is not None:
             return self._held_file(image, target)
         cfg = self.fit_config().copy()
+        block = cfg.data.get("block_size")
+        if block is not None and len(block) != image.ndim:
+            raise MedcompError(f"--override data.block_size={list(block)}: {len(block)} axes, the image is "
+                               f"{image.ndim}-D {image.array.shape}")
         quiet = logging.getLogger("lightning.pytorch")
         level = quiet.level
         quiet.setLevel(logging.WARNING)  # one image of a larger run: no repeated "GPU available" banners
@@ -74,3 +87,36 @@ class FittedCodec(Codec):
         from hydra.utils import get_method
 
         return get_method(self.decoder)(container)
+
+
+# The groups a codec's fit is made of: the model is the codec and the data is the image, so neither may be switched.
+FIXED_GROUPS = ("model", "data")
+# Values a fit needs to be positive integers; a wrong one would otherwise surface as a traceback deep in a fit.
+POSITIVE_INTS = ("model.fit_steps", "model.depth", "model.max_width", "model.code_dim", "model.codebook_bits",
+                 "model.weight_bits_min", "model.weight_bits_max")
+
+
+def check_override_syntax(codec: str, overrides: list[str]) -> None:
+    for ov in overrides:
+        key = ov.split("=", 1)[0].lstrip("+~")
+        if "=" not in ov or not key:
+            raise MedcompError(f"--override {ov!r}: expected KEY=VALUE (e.g. model.fit_steps=3000)")
+        if key in FIXED_GROUPS:
+            raise MedcompError(f"--override {ov!r}: the {key} of codec '{codec}' cannot be switched "
+                               f"(choose another --codec)")
+
+
+def _hydra_reason(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def check_fit_values(cfg: DictConfig) -> None:
+    for key in POSITIVE_INTS:
+        value = OmegaConf.select(cfg, key, throw_on_missing=False, default=None)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise MedcompError(f"--override {key}={value}: must be a positive integer")
+    block = OmegaConf.select(cfg, "data.block_size", default=None)
+    if block is not None and (not OmegaConf.is_list(block) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in block) or len(block) not in (2, 3)):
+        raise MedcompError(f"--override data.block_size={block}: must be 2 or 3 positive integers, e.g. [32,32,32]")

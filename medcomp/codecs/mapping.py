@@ -31,7 +31,9 @@ def to_unsigned(array: np.ndarray, bits: int) -> tuple[np.ndarray, dict]:
     flat_in, flat_out = (array, coded) if array.ndim > 1 else (array[None], coded[None])
     for s in slabs(flat_in.shape[0], flat_in[0].size, SLAB_VOXELS):
         flat_out[s] = np.clip(np.rint((flat_in[s].astype(np.float64) - lo) / scale), 0, top)
-    return coded, {"offset": lo, "scale": scale, "bits": bits}
+    # hi: decoding clips into the input's range, so a codec at its coarsest (a target it cannot reach on a tiny
+    # image) still decodes inside [lo, hi], never to a mid-grey of its code range far outside the input's
+    return coded, {"offset": lo, "scale": scale, "bits": bits, "hi": hi}
 
 
 def from_unsigned(coded: np.ndarray, mapping: dict, dtype: str | np.dtype = np.float64) -> np.ndarray:
@@ -39,6 +41,7 @@ def from_unsigned(coded: np.ndarray, mapping: dict, dtype: str | np.dtype = np.f
     out = np.empty(coded.shape, dtype=np.dtype(dtype))
     flat_in, flat_out = (coded, out) if coded.ndim > 1 else (coded[None], out[None])
     scale, offset = float(mapping["scale"]), float(mapping["offset"])
+    hi = float(mapping.get("hi", np.inf))  # files written before the range was stored are not clipped
     for s in slabs(flat_in.shape[0], flat_in[0].size, SLAB_VOXELS):
-        flat_out[s] = restore_dtype(flat_in[s].astype(np.float64) * scale + offset, out.dtype.str)
+        flat_out[s] = restore_dtype(np.clip(flat_in[s].astype(np.float64) * scale + offset, offset, hi), out.dtype.str)
     return out

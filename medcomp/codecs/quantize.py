@@ -15,7 +15,7 @@ from medcomp.codecs.entropy import (
     min_encoded_size,
     uniform_size_estimate,
 )
-from medcomp.errors import CorruptFileError
+from medcomp.errors import CorruptFileError, MedcompError
 from medcomp.target import fit_to_budget
 
 
@@ -27,6 +27,9 @@ def top_for_bits(bits: int) -> int:
 def quantize(tensors: list[np.ndarray], top: int) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-tensor scale: ints in [−top, top] (any integer top, not only 2^(bits−1)−1, so that a file can be
     filled to its byte target). Returns (all ints, float32 scales)."""
+    if not all(np.isfinite(t).all() for t in tensors):  # NaN would become int64's minimum and a corrupt file
+        raise MedcompError("the fitted network's weights are not finite (the fit diverged); try a lower "
+                           "learning rate (-o model.lr=...) or fewer steps")
     scales = np.array([max(float(np.abs(t).max()), 1e-12) / top for t in tensors], dtype=np.float32)
     ints = [np.clip(np.rint(t.astype(np.float64) / s), -top, top).astype(np.int64).ravel()
             for t, s in zip(tensors, scales)]
@@ -34,6 +37,15 @@ def quantize(tensors: list[np.ndarray], top: int) -> tuple[np.ndarray, np.ndarra
 
 
 def dequantize(ints: np.ndarray, scales: np.ndarray, shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """The inverse of :func:`quantize`; a section cut short or padded (one scale a tensor, every integer used
+    exactly once) is a corrupt file, not a network with some weights missing."""
+    if len(scales) != len(shapes):
+        raise CorruptFileError(f"corrupt .mcz: {len(scales)} weight scales for {len(shapes)} tensors")
+    if not np.all(np.isfinite(scales)):
+        raise CorruptFileError("corrupt .mcz: a weight scale is not finite")
+    if ints.size != sum(int(np.prod(s)) for s in shapes):
+        raise CorruptFileError(f"corrupt .mcz: {ints.size} weights for a network of "
+                               f"{sum(int(np.prod(s)) for s in shapes)}")
     out, pos = [], 0
     for shape, s in zip(shapes, scales):
         n = int(np.prod(shape))

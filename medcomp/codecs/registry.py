@@ -31,7 +31,7 @@ def available_codecs() -> list[str]:
 def codec_config(name: str) -> DictConfig:
     path = CODEC_DIR / f"{name}.yaml"
     if not name or not name.replace("_", "").isalnum() or not path.is_file():
-        raise MedcompError(f"unknown codec '{name}' (available: {', '.join(available_codecs())})")
+        raise MedcompError(f"unknown codec {name!r} (available: {', '.join(available_codecs())})")
     return OmegaConf.load(path)
 
 
@@ -95,3 +95,14 @@ def decode_container(container: Container, codec: Codec | None = None, **kwargs)
     return image_from_header(header, array, container.codec)
 
 
+
+
+def accepts_table() -> str:
+    """The README's table of what each codec accepts, made from the codecs' own declarations (``Codec.accepts``)."""
+    rows = ["| codec | accepts |", "|---|---|"]
+    rows += [f"| `{name}` | {codec_class(name).accepts.describe()} |" for name in available_codecs()]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m medcomp.codecs.registry: the table, to paste between the README's markers
+    print(accepts_table())

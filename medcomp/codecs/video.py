@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from medcomp.codecs.base import Codec, image_header
+from medcomp.codecs.base import Accepts, Codec, check_number, image_header
 from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
@@ -43,6 +43,7 @@ def drop_nal_units(stream: bytes, is_dropped) -> bytes:
 
 class VideoCodec(Codec):
     encoder, decoder, pix_fmt, bits = "", "", "", 8
+    accepts = Accepts(min_side=8)  # padded frames of 2×2–6×6 pixels: 28–45 dB at CRF 0 (HEVC)
     crf_lo, crf_hi = 0.0, 51.0
 
     def __init__(self, preset: str = "medium"):
@@ -73,6 +74,7 @@ class VideoCodec(Codec):
         return drop_nal_units(b"".join(bytes(p) for p in packets), self.is_sei)
 
     def encode(self, image: Image, target: Target) -> Container:
+        self.check_input(image)
         coded, mapping = to_unsigned(image.array, self.bits)
         frames = coded if coded.ndim == 3 else coded[None]
         h, w = frames.shape[1:]
@@ -81,27 +83,48 @@ class VideoCodec(Codec):
         header = {**image_header(image), "mapping": mapping, "frames": int(frames.shape[0]), "coded_hw": [h + ph, w + pw]}
 
         def build(crf):
-            return Container(self.name, {**header, "crf": crf}, {"stream": self._encode_frames(frames, crf)})
+            stream = self._encode_frames(frames, crf)
+            # the stream's length: an Annex-B stream cut short still decodes (the last frame concealed)
+            return Container(self.name, {**header, "crf": crf, "stream_bytes": len(stream)}, {"stream": stream})
 
         crf = fit_to_budget(lambda c: len(build(c).to_bytes()), target.target_bytes(image), self.crf_lo, self.crf_hi,
                             increasing=False, iterations=16)
         return build(crf)
 
+    def check_params(self, header: dict) -> None:
+        shape = header["shape"]
+        check_number(header.get("crf"), "crf", self.crf_lo, self.crf_hi)
+        check_number(header["mapping"].get("bits"), "mapping bits", self.bits, self.bits, integer=True)
+        check_number(header.get("frames"), "frames", shape[0] if len(shape) == 3 else 1,
+                     shape[0] if len(shape) == 3 else 1, integer=True)
+        if header.get("coded_hw") != [_padded(shape[-2]), _padded(shape[-1])]:
+            raise CorruptFileError(f".mcz header: coded frame size {header.get('coded_hw')!r} does not fit the image's "
+                                   f"{shape[-2]}×{shape[-1]}")
+
     def decode(self, container: Container) -> np.ndarray:
         import av
 
         header = container.header
+        self.check_params(header)
+        if "stream_bytes" in header and header["stream_bytes"] != len(container.sections["stream"]):
+            raise CorruptFileError(f"corrupt .mcz: the {self.name} stream is {len(container.sections['stream'])} "
+                                   f"bytes, the header says {header['stream_bytes']!r} (cut or padded)")
         ctx = av.CodecContext.create(self.decoder, "r")
+        ch, cw = header["coded_hw"]
+        # FFmpeg refuses, before allocating, a frame larger than this (a 35 KB stream can claim gigabytes); the
+        # decoders align frames to their coding blocks (16 for H.264, up to 64 for HEVC), hence the margin
+        ctx.options = {"max_pixels": str((ch + 128) * (cw + 128))}
         frames = []
         try:
             for packet in ctx.parse(container.sections["stream"]) + ctx.parse(None):
                 frames += ctx.decode(packet)
+                if len(frames) > header["frames"]:
+                    break
             frames += ctx.decode(None)
         except av.error.FFmpegError as exc:
             raise CorruptFileError(f"corrupt {self.name} stream: {exc}") from exc
         if len(frames) != header["frames"]:
             raise CorruptFileError(f"corrupt {self.name} stream: {len(frames)} frames decoded, {header['frames']} expected")
-        ch, cw = header["coded_hw"]
         out = []
         for f in frames:
             # Read the luma plane directly: to_ndarray(format="gray") would rescale 10/12-bit samples.

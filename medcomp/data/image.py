@@ -81,6 +81,9 @@ def validate_image(image: Image, source: str, allowed_ndim=(2, 3)) -> Image:
     if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
         bad = int(np.size(a) - np.count_nonzero(np.isfinite(a)))
         raise MedcompError(f"{source}: contains {bad} NaN/Inf values")
+    if not np.isfinite(image.data_range):  # max − min overflows float64 (values near ±1.8e308): no PSNR, no scale
+        raise MedcompError(f"{source}: value range {float(a.min()):.3g} … {float(a.max()):.3g} is wider than float64 "
+                           "can hold; rescale the image first")
     if image.data_range == 0:
         raise MedcompError(f"{source}: image is constant (zero intensity range), PSNR is undefined")
     return image

@@ -55,7 +55,11 @@ def check_output(path: str | os.PathLike, image_ndim: int | None = None) -> None
 def write_image(path: str | os.PathLike, image: Image, lossy: Lossy | None = None) -> list[str]:
     """Write ``image``; returns notes on what the format could not hold (to be shown to the user)."""
     path = Path(path)
+    if not image.array.dtype.isnative:  # a big-endian .mcz dtype: the values, in the byte order every writer takes
+        image = image.like(image.array.astype(image.array.dtype.newbyteorder("=")))
     a = image.array
+    if a.ndim not in (2, 3):
+        raise MedcompError(f"{path}: medcomp writes 2-D and 3-D images; this one is {a.ndim}-D {a.shape}")
     check_output(path, a.ndim)
     if is_dicom_series_path(path):
         return write_dicom_series(path, image, lossy)
@@ -108,6 +112,9 @@ def _real_values(image: Image) -> np.ndarray:
     out = image.array.astype(dt)
     out *= dt(slope)
     out += dt(intercept)
+    if not np.all(np.isfinite(out)):
+        raise MedcompError(f"rescale (slope {slope:g}, intercept {intercept:g}) takes this image's values beyond "
+                           f"{dt.__name__}; the real values cannot be written")
     return out
 
 

@@ -31,6 +31,8 @@ with warnings.catch_warnings():  # compressai 1.2.8 scripts a helper with torch.
     from compressai.entropy_models import EntropyBottleneck
     from compressai.layers import GDN
 
+from medcomp.codecs.entropy import with_tail
+from medcomp.errors import CorruptFileError
 from medcomp.models.codec2d import ImageCodecModule
 from medcomp.nn.wavelet import haar_dwt, haar_idwt
 
@@ -250,5 +252,13 @@ class CalVAE(ImageCodecModule):
     def synthesise(self, data, knob, padded_hw):
         _, inverse_gain = self.gains(int(knob) / 32)
         size = (padded_hw[0] // self.stride, padded_hw[1] // self.stride)
-        y = self.entropy.decompress([data], size) * inverse_gain[None, :, None, None]
+        # zeros after the stream: CompressAI's decoder does not check the end of its buffer, and a cut stream read
+        # into whatever memory follows (a decode that spun for minutes in its bypass mode, holding the GIL)
+        n_symbols = self.hparams.latent * size[0] * size[1]
+        y = self.entropy.decompress([with_tail(data, n_symbols)], size)
+        # rANS has no end marker, and a stream cut short still decodes (to other latents): a stream is valid exactly
+        # when it is the coding of what it decodes to (compress rounds y − medians back to the same symbols)
+        if self.entropy.compress(y)[0] != data:
+            raise CorruptFileError("corrupt .mcz: a CAL-VAE tile stream is not the coding of its latents (cut or damaged)")
+        y = y * inverse_gain[None, :, None, None]
         return self.decode_latent(y)[0, 0]

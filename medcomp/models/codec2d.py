@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcomp.codecs.base import Codec, image_header, join_planes, split_planes
+from medcomp.codecs.base import Accepts, Codec, image_header, join_planes, split_planes
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image, from_unit, restore_dtype, to_unit
 from medcomp.errors import CorruptFileError, MedcompError
@@ -160,6 +160,7 @@ class TrainedCodec(Codec):
     ``ckpt``: its weights file (default: the one shipped in medcomp/assets)."""
 
     trained = True
+    accepts = Accepts(min_side=8, float32_values=True)  # 2×2–6×6 slices: 8–25 dB at the best quality
 
     def __init__(self, name: str, module: str, ckpt: str | Path | None = None):
         self.name, self.module_path = name, module
@@ -185,8 +186,7 @@ class TrainedCodec(Codec):
         return self._loaded
 
     def encode(self, image: Image, target: Target) -> Container:
-        if image.array.ndim not in (2, 3):
-            raise MedcompError(f"{image.name}: {self.name} codes 2-D images (volumes slice by slice), got {image.array.ndim}-D")
+        self.check_input(image)
         module, sha = self.module()
         device = compute_device()  # the network runs there; the streams are coded on the host
         module.to(device)

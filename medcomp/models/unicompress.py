@@ -240,7 +240,10 @@ class UniCompress(BuiltInSetup, L.LightningModule):
             tokens = extract_tokens(extractor, blocks.reshape((-1, 1) + layout.block), self.parts)
             # Standardise each feature across the image's blocks: what conditions the INR is how blocks differ,
             # and a frozen extractor's raw features can vary by less than 1 % of their mean.
-            tokens = (tokens - tokens.mean(1, keepdim=True)) / (tokens.std(1, keepdim=True) + 1e-6)
+            # One block has no spread (the unbiased std of one value is NaN, which made every weight NaN): its
+            # standardised features are zeros, the INR is conditioned on nothing, as a plain SIREN.
+            spread = tokens.std(1, keepdim=True) if tokens.shape[1] > 1 else torch.zeros_like(tokens[:, :1])
+            tokens = (tokens - tokens.mean(1, keepdim=True)) / (spread + 1e-6)
             self.register_buffer(f"tokens_{i}", tokens, persistent=False)
         self.fusion = AttentionFusion(len(self.parts), extractor.n_tokens, extractor.out_dim, hp.d_model, hp.heads,
                                       hp.code_dim)
