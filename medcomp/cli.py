@@ -7,6 +7,7 @@ nothing behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -35,9 +36,6 @@ def cmd_compress(args) -> int:
     check_output_path(args.output, [source], force=args.force)
     if not str(args.output).lower().endswith(".mcz"):
         raise MedcompError(f"{args.output}: the compressed file must end in .mcz")
-    image = read_image(args.input, key=args.key)
-    # Room for twice the target (a codec that cannot reach its target writes more, and says so in the ratio).
-    check_free_space(args.output, int(target.target_bytes(image) * 2) + (1 << 20))
     kwargs = _ckpt_kwargs(args.codec, args.ckpt)  # imports the codec's module here, so encode_s does not count it
     if args.override and not is_learned(args.codec):
         raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(learned_codecs()))}), "
@@ -45,7 +43,13 @@ def cmd_compress(args) -> int:
     if is_learned(args.codec):  # a fitted codec fits on the device (one process); the user's overrides come last
         kwargs["overrides"] = [*trainer_overrides_for(device), *args.override]
     codec = get_codec(args.codec, **kwargs)
-    with computing_on(device):
+    if is_learned(args.codec):
+        codec.fit_config()  # a bad override is one line now, before the image is read
+    image = read_image(args.input, key=args.key)
+    _print_notes(image.meta.get("notes", []))
+    codec.check_input(image, args.input)
+    check_free_space(args.output, compressed_bound(image, target))
+    with computing_on(device), killable():
         t0 = time.perf_counter()
         container = codec.encode(image, target)
         encode_s = time.perf_counter() - t0
@@ -54,6 +58,18 @@ def cmd_compress(args) -> int:
     keys = ("codec", "ratio_target", "ratio_actual", "bpp", "psnr", "ssim", "encode_s", "decode_s", "file_bytes")
     print(json.dumps({k: row[k] for k in keys}))
     return 0
+
+
+def compressed_bound(image, target) -> int:
+    """The most bytes a .mcz may take, for the free-space check made before the work: twice the target (rate
+    control meets it or writes its coarsest output), but never less than the original and its container (a lossless
+    codec, an unreachable target on a small image), plus 1 MiB of header and file-system slack."""
+    return int(max(2 * target.target_bytes(image), 1.01 * image.nbytes + 4096)) + (1 << 20)
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        print(f"medcomp: note: {note}", file=sys.stderr)
 
 
 def _ckpt_kwargs(codec: str, ckpt: str | None) -> dict:
@@ -83,14 +99,16 @@ def cmd_decompress(args) -> int:
     header = check_header(container.header)
     original_bytes = int(np.prod(header["shape"])) * np.dtype(header["dtype"]).itemsize
     check_output(args.output, len(header["shape"]))
-    check_free_space(args.output, int(original_bytes * 1.1) + (1 << 20))
+    # a bound: real values (.npy with a rescale) may be float64; a series adds a header per slice file
+    n_files = header["shape"][0] + 1 if is_dicom_series_path(args.output) else 1
+    value_bytes = int(np.prod(header["shape"])) * (8 if header.get("rescale") else np.dtype(header["dtype"]).itemsize)
+    check_free_space(args.output, int(value_bytes * 1.02) + n_files * 8192 + (1 << 20), files=n_files + 1)
     codec = get_codec(container.codec, **_ckpt_kwargs(container.codec, args.ckpt))
-    with computing_on(device):
+    with computing_on(device), killable():
         image = decode_container(container, codec)
     file_bytes = Path(args.input).stat().st_size
     lossy = None if codec.is_lossless(container) else Lossy(original_bytes / file_bytes, codec.lossy_method())
-    for note in write_image(args.output, image, lossy=lossy):
-        print(f"medcomp: note: {note}", file=sys.stderr)
+    _print_notes(write_image(args.output, image, lossy=lossy))
     return 0
 
 
@@ -175,25 +193,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def killable():
+    """SIGTERM ends the process at once while it computes: a Python handler runs only between bytecodes, so a long
+    native call (an entropy coder, an encoder library) would hold it off for as long as the call lasts. Nothing is
+    being written then (outputs are written after, atomically), so there is nothing to clean up."""
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _terminate(signum, frame):
     raise KeyboardInterrupt  # unwinds through atomic_path's cleanup: no temporary file is left behind
 
 
+def _about(args, exc: MedcompError) -> str:
+    """The error line, naming the file: an error raised about a .mcz's contents (".mcz header: …", "corrupt .mcz: …")
+    does not know the file's path, the command does."""
+    text = str(exc)
+    paths = [str(p) for p in (getattr(args, "input", None), getattr(args, "output", None)) if isinstance(p, str)]
+    if paths and not any(text.startswith(p) for p in paths) and (".mcz" in text or "decode" in text):
+        return f"{paths[0]}: {text}"
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     import signal
+    import warnings
 
     args = build_parser().parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return args.func(args)
-    except MedcompError as exc:
-        print(f"medcomp: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("medcomp: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    # Library warnings (numpy overflow, Lightning hints) are held back: a failing command prints its one error line
+    # and nothing else; a successful one prints each distinct warning once, after its result.
+    with warnings.catch_warnings(record=True) as caught:  # the interpreter's filters: what Python would show
+        try:
+            code = args.func(args)
+        except MedcompError as exc:
+            print(f"medcomp: error: {_about(args, exc)}", file=sys.stderr)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("medcomp: interrupted; nothing was written", file=sys.stderr)
+            return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    for text in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):
+        print(f"medcomp: warning: {text}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ about compression; its own module so that none of them imports another's package
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,8 +22,8 @@ class Target:
         if (self.ratio is None) == (self.bpp is None):
             raise MedcompError("give exactly one rate target: a ratio (--ratio) or bits per pixel (--bpp)")
         value = self.ratio if self.ratio is not None else self.bpp
-        if not value > 0:
-            raise MedcompError(f"rate target must be positive, got {value}")
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise MedcompError(f"rate target must be a positive finite number, got {value}")
 
     def target_bytes(self, image: Image) -> float:
         if self.ratio is not None:

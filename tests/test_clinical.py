@@ -310,6 +310,7 @@ def test_sigterm_during_encode_leaves_nothing(tmp_path):
                           "jpegxl", "--ratio", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(4)  # past the imports and the read: inside the encode
     p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 130 and err.strip() == "medcomp: interrupted; nothing was written"
+    p.communicate(timeout=120)
+    # SIGTERM ends the computation at once (medcomp.cli.killable: a handler could wait for a native call to return)
+    assert p.returncode == -signal.SIGTERM
     assert list(out.iterdir()) == []

@@ -6,6 +6,7 @@ import sqlite3
 import pytest
 
 from medcomp.config import compose
+from medcomp.errors import MedcompError
 from tests.test_run import run_py
 
 
@@ -161,7 +162,7 @@ def test_checkpoints_are_written_then_renamed(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(cloud_io, "_atomic_save", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(MedcompError, match=r"last.ckpt: cannot write \(disk full\)"):  # one line, naming it
         io.save_checkpoint({"step": 2}, path)
     assert io.load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]

@@ -17,6 +17,7 @@ from medcomp.utils.memory import slabs
 CHUNK_VOXELS = 1 << 21  # ≈ 2 M voxels per group: ~16 MB per float64 map, ~250 MB for SSIM's working set
 WINDOW, SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
 MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MS_SSIM_MAX_VOXELS = 4096 * 4096  # ≈ 2.5 GB of working set; a 3000² radiograph is well inside
 
 
 def _slices(a: np.ndarray) -> np.ndarray:
@@ -27,6 +28,12 @@ def data_range(original: np.ndarray) -> float:
     return float(np.max(original)) - float(np.min(original))
 
 
+def _unit(rng: float) -> float:
+    """What SSIM's inputs are divided by: 1, or R where R² would overflow float64 (SSIM is the same for x/R, y/R and
+    range 1; ordinary images keep their exact numbers)."""
+    return rng if rng > 1e100 else 1.0
+
+
 def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
     """10·log10(R²/MSE) in float64, R = max − min of the *original*. Infinite for an exact match.
 
@@ -35,15 +42,22 @@ def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
     """
     if np.shape(original) != np.shape(decoded):
         raise ValueError(f"shape mismatch {np.shape(original)} vs {np.shape(decoded)}")
-    a, b = _slices(np.asarray(original)), _slices(np.asarray(decoded))
+    # rows, not slices: one 20000² slice is 3.2 GB as float64; the error is taken relative to R, so that a float
+    # image whose range is near float64's limit (R² overflows) still has a PSNR
+    a, b = _rows(np.asarray(original)), _rows(np.asarray(decoded))
+    rng = data_range(original)
     sse = 0.0
-    for g in slabs(a.shape[0], a[0].size, CHUNK_VOXELS):
-        d = a[g].astype(np.float64) - b[g].astype(np.float64)
+    for g in slabs(a.shape[0], a.shape[1], CHUNK_VOXELS):
+        d = a[g].astype(np.float64) / rng - b[g].astype(np.float64) / rng
         sse += float(np.dot(d.ravel(), d.ravel()))
     mse = sse / a.size
     if mse == 0:
         return float("inf")
-    return float(10.0 * np.log10(data_range(original) ** 2 / mse))
+    return float(-10.0 * np.log10(mse))
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    return a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a[None]
 
 
 def _window(h: int, w: int) -> tuple[int, float]:
@@ -62,15 +76,19 @@ def _ssim_terms(x: torch.Tensor, y: torch.Tensor, rng: float) -> tuple[torch.Ten
     return full.mean(dim=(-2, -1)), inner.mean(dim=(-2, -1))
 
 
-def _ssim_maps(x: torch.Tensor, y: torch.Tensor, rng: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _ssim_maps(x: torch.Tensor, y: torch.Tensor, rng: float, window: tuple[int, float] | None = None,
+               rows_pad: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Per-pixel SSIM and contrast-structure maps, (N, H, W), and the padding: reflect padding by half a window,
-    Gaussian-weighted local statistics (separable here), variances clamped at 0."""
-    size, sigma = _window(*x.shape[-2:])
+    Gaussian-weighted local statistics (separable here), variances clamped at 0. ``window``: the slice's window
+    (default: from this input's size); ``rows_pad``: reflect padding above and below (a band of a large slice
+    brings its neighbours' rows instead, and is padded only where it meets the slice's edge)."""
+    size, sigma = window or _window(*x.shape[-2:])
     pad = (size - 1) // 2
+    top, bottom = rows_pad if rows_pad is not None else (pad, pad)
     t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(t**2) / (2 * sigma**2))
     g = g / g.sum()
-    x, y = (F.pad(v, (pad, pad, pad, pad), mode="reflect") if pad else v for v in (x, y))
+    x, y = (F.pad(v, (pad, pad, top, bottom), mode="reflect") if pad else v for v in (x, y))
     stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (N, 5, H, W)
     stack = F.conv2d(stack, g.view(1, 1, 1, -1).repeat(5, 1, 1, 1), groups=5)
     stack = F.conv2d(stack, g.view(1, 1, -1, 1).repeat(5, 1, 1, 1), groups=5)
@@ -85,12 +103,13 @@ def _ssim_maps(x: torch.Tensor, y: torch.Tensor, rng: float) -> tuple[torch.Tens
 def _per_slice(original, decoded, fn) -> list[float]:
     a, b = _slices(np.asarray(original)), _slices(np.asarray(decoded))
     rng = data_range(original)
+    unit = _unit(rng)
     out: list[float] = []
     with torch.no_grad():
         for g in slabs(a.shape[0], a[0].size, CHUNK_VOXELS):
-            x = torch.from_numpy(a[g].astype(np.float64))[:, None]
-            y = torch.from_numpy(b[g].astype(np.float64))[:, None]
-            out += fn(x, y, rng)
+            x = torch.from_numpy(a[g].astype(np.float64) / unit)[:, None]
+            y = torch.from_numpy(b[g].astype(np.float64) / unit)[:, None]
+            out += fn(x, y, rng / unit)
     return out
 
 
@@ -98,16 +117,42 @@ def ssim(original: np.ndarray, decoded: np.ndarray) -> float:
     """2-D SSIM (Gaussian window 11, σ 1.5, K = 0.01/0.03, as torchmetrics and Wang et al.) with data_range R of
     the original; for volumes, the mean over axial slices (axis 0). Equal to torchmetrics'
     ``structural_similarity_index_measure`` (tested), whose working set is ~5 KB per voxel: a 512×512×20 series
-    needed 25 GB there."""
+    needed 25 GB there. A slice larger than CHUNK_VOXELS is taken in bands of rows with a window's halo (a 20000²
+    slice whole would need ~90 GB)."""
+    a, b = _slices(np.asarray(original)), _slices(np.asarray(decoded))
+    if a[0].size > CHUNK_VOXELS:
+        rng = data_range(original)
+        return float(np.mean([_banded_ssim(a[k], b[k], rng) for k in range(a.shape[0])]))
     return float(np.mean(_per_slice(original, decoded,
                                     lambda x, y, r: _ssim_terms(x, y, r)[0].tolist())))
+
+
+def _banded_ssim(a: np.ndarray, b: np.ndarray, rng: float) -> float:
+    """Mean SSIM of one large slice, a band of rows at a time; the same map as the whole slice at once (each band
+    reads ``pad`` real rows beyond its edges, and is reflect-padded only at the slice's top and bottom)."""
+    h, w = a.shape
+    window = _window(h, w)
+    pad = (window[0] - 1) // 2
+    unit = _unit(rng)
+    total = 0.0
+    with torch.no_grad():
+        for band in slabs(h, w, CHUNK_VOXELS // 2):
+            r0, r1 = max(band.start - pad, 0), min(band.stop + pad, h)
+            rows_pad = (pad - (band.start - r0), pad - (r1 - band.stop))
+            x = torch.from_numpy(a[r0:r1].astype(np.float64) / unit)[None, None]
+            y = torch.from_numpy(b[r0:r1].astype(np.float64) / unit)[None, None]
+            full, _, _ = _ssim_maps(x, y, rng / unit, window, rows_pad)
+            total += float(full.sum())
+    return total / (h * w)
 
 
 def ms_ssim(original: np.ndarray, decoded: np.ndarray) -> float | None:
     """Multi-scale SSIM (5 scales, weights of Wang et al. 2003, 2× average pooling) with data_range R of the original;
     volumes: the mean over axial slices. None when a slice is too small for five scales (under 161 px a side).
-    Equal to torchmetrics' ``multiscale_structural_similarity_index_measure`` (tested), in bounded memory."""
-    if min(np.shape(original)[-2:]) < 161:
+    Equal to torchmetrics' ``multiscale_structural_similarity_index_measure`` (tested), in bounded memory: a slice
+    above MS_SSIM_MAX_VOXELS (its five scales are taken whole, ~150 bytes a pixel) also gives None; PSNR and SSIM,
+    which are tiled, still measure it."""
+    if min(np.shape(original)[-2:]) < 161 or math.prod(np.shape(original)[-2:]) > MS_SSIM_MAX_VOXELS:
         return None
 
     def per_slice(x, y, rng):

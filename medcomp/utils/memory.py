@@ -23,7 +23,8 @@ def available_bytes() -> int:
         avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
         try:
-            text = open(limit_file).read().strip()
+            with open(limit_file) as fh:
+                text = fh.read().strip()
         except OSError:
             continue
         if text.isdigit():
