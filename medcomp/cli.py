@@ -55,6 +55,9 @@ def cmd_compress(args) -> int:
         encode_s = time.perf_counter() - t0
         row, _ = evaluate(image, container, codec, encode_s, target)
     atomic_write_bytes(args.output, container.to_bytes())
+    if row["ratio_actual"] < 0.99 * row["ratio_target"]:  # a target is a ceiling; say when it was not met
+        _print_notes([f"{args.output}: target CR {row['ratio_target']:.4g} not reached: {args.codec} wrote its "
+                      f"smallest file, CR {row['ratio_actual']:.4g} ({row['file_bytes']} bytes)"])
     keys = ("codec", "ratio_target", "ratio_actual", "bpp", "psnr", "ssim", "encode_s", "decode_s", "file_bytes")
     print(json.dumps({k: row[k] for k in keys}))
     return 0

@@ -53,6 +53,19 @@ def test_int8_is_coded_in_its_own_range(codec):
     assert psnr(image.array, decoded) > 30  # it was 5.3 dB, every value 127
 
 
+def test_an_unreachable_target_decodes_inside_the_range_and_says_so(cli, tmp_path):
+    """32×32 int8 at CR 4 through JPEG 2000: 256 bytes, less than its header and streams. It used to decode every
+    value to 127 with exit 0 and no word; now the coarsest file decodes inside the input's range, with a note."""
+    values = ramp((32, 32), np.int8, lo=-60, step=1)
+    np.save(tmp_path / "i8.npy", values)
+    code, out, err = cli("compress", tmp_path / "i8.npy", tmp_path / "x.mcz", "--codec", "jpeg2000", "--ratio", "4")
+    assert code == 0, err
+    assert "target CR 4 not reached: jpeg2000 wrote its smallest file" in err
+    assert cli("decompress", tmp_path / "x.mcz", tmp_path / "x.npy")[0] == 0
+    decoded = np.load(tmp_path / "x.npy")
+    assert values.min() <= decoded.min() and decoded.max() <= values.max()
+
+
 def test_float_range_beyond_float64_is_refused(refused, tmp_path):
     np.save(tmp_path / "huge.npy", np.array([[-1.7e308, 1.7e308], [0.0, 1.0]] * 8).reshape(8, 4).repeat(2, 1))
     for codec in ("jpeg2000", "cal_vae", "siren"):

@@ -166,14 +166,18 @@ def _with_jpegls_size(rows: int, cols: int) -> bytes:
                                          "stream": bytes(stream)}).to_bytes()
 
 
-def test_codestreams_claiming_other_sizes_are_refused_before_decoding():
+def test_jpegls_stream_claiming_another_size_is_refused_before_decoding():
     assert "a jpegls stream is 60000×60000" in one_line_error(_with_jpegls_size(60000, 60000))
-    # an H.264 stream of a 1024² frame behind a header for 24×20: FFmpeg refuses it before allocating the frame
-    big = get_codec("h264").encode(Image(np.add.outer(np.arange(1024), np.arange(1024)).astype(np.uint16)),
-                                   Target(ratio=50))
-    small = Container.from_bytes(_file("h264"))
+
+
+@pytest.mark.parametrize("codec", ["h264", "hevc"])
+def test_video_stream_claiming_a_larger_frame_is_refused_before_decoding(codec):
+    """A stream of 1024² frames behind a header for 24×20: FFmpeg refuses it (max_pixels) before allocating."""
+    big = get_codec(codec, preset="ultrafast").encode(
+        Image(np.add.outer(np.arange(1024), np.arange(1024)).astype(np.uint16)), Target(ratio=50))
+    small = Container.from_bytes(_file(codec))
     header = {**small.header, "stream_bytes": len(big.sections["stream"])}
-    one_line_error(Container("h264", header, big.sections).to_bytes())
+    one_line_error(Container(codec, header, big.sections).to_bytes())
 
 
 def test_forged_nifti_gz_is_refused_before_inflating(refused, tmp_path):
