@@ -1,6 +1,7 @@
 """Linear intensity mapping between an image's stored values and the unsigned integers a codec accepts.
 
-Both directions walk the array in slabs along axis 0, so the float64 working copy is one slab, not the volume.
+Both directions walk the array in slabs of rows, so the float64 working copy is one slab, not the volume (nor one
+20000² slice).
 This is not min–max normalisation (medcomp.data.image.to_unit): integer data whose range fits is only shifted,
 so a lossless codec gives back the very values, and the scale is in code units, as the header stores it.
 """
@@ -28,8 +29,8 @@ def to_unsigned(array: np.ndarray, bits: int) -> tuple[np.ndarray, dict]:
     else:
         scale = (hi - lo) / top if hi > lo else 1.0
     coded = np.empty(array.shape, dtype=np.uint16 if bits > 8 else np.uint8)
-    flat_in, flat_out = (array, coded) if array.ndim > 1 else (array[None], coded[None])
-    for s in slabs(flat_in.shape[0], flat_in[0].size, SLAB_VOXELS):
+    flat_in, flat_out = _rows(array), _rows(coded)
+    for s in slabs(flat_in.shape[0], flat_in.shape[1], SLAB_VOXELS):
         flat_out[s] = np.clip(np.rint((flat_in[s].astype(np.float64) - lo) / scale), 0, top)
     # hi: decoding clips into the input's range, so a codec at its coarsest (a target it cannot reach on a tiny
     # image) still decodes inside [lo, hi], never to a mid-grey of its code range far outside the input's
@@ -39,9 +40,14 @@ def to_unsigned(array: np.ndarray, bits: int) -> tuple[np.ndarray, dict]:
 def from_unsigned(coded: np.ndarray, mapping: dict, dtype: str | np.dtype = np.float64) -> np.ndarray:
     """The inverse of :func:`to_unsigned`, rounded and clipped into ``dtype`` (float64 by default)."""
     out = np.empty(coded.shape, dtype=np.dtype(dtype))
-    flat_in, flat_out = (coded, out) if coded.ndim > 1 else (coded[None], out[None])
+    flat_in, flat_out = _rows(coded), _rows(out)
     scale, offset = float(mapping["scale"]), float(mapping["offset"])
     hi = float(mapping.get("hi", np.inf))  # files written before the range was stored are not clipped
-    for s in slabs(flat_in.shape[0], flat_in[0].size, SLAB_VOXELS):
+    for s in slabs(flat_in.shape[0], flat_in.shape[1], SLAB_VOXELS):
         flat_out[s] = restore_dtype(np.clip(flat_in[s].astype(np.float64) * scale + offset, offset, hi), out.dtype.str)
     return out
+
+
+def _rows(a: np.ndarray) -> np.ndarray:
+    """``a`` as (rows, columns): a view of a contiguous array, so that writing into it writes into ``a``."""
+    return a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a[None]

@@ -92,6 +92,8 @@ def decode_container(container: Container, codec: Codec | None = None, **kwargs)
     expected = tuple(shape)
     if array.shape != expected:
         raise MedcompError(f"decoded shape {array.shape} differs from the header's {expected}: corrupt .mcz")
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):  # no image medcomp codes holds NaN or inf
+        raise CorruptFileError(f"corrupt .mcz: the {container.codec} payload decodes to NaN or infinite values")
     return image_from_header(header, array, container.codec)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcomp.codecs.base import Codec, image_header
+from medcomp.codecs.base import FLOAT32_MAX, Codec, image_header
 from medcomp.codecs.container import Container
 from medcomp.codecs.deblock import check_strength, deblock, signal_best_strength
 from medcomp.codecs.quantize import dequantize, fill_budget, pack_symbols, quantize, top_for_bits, unpack_symbols
@@ -117,7 +117,10 @@ def decode_unicompress(container: Container, chunk_points: int | None = None) ->
     v = coords.shape[0]
     per_group = n // groups
     per = min(per_group, max(1, chunk_points // v))
-    value_range = np.asarray(h["range"], dtype=np.float32)[None]
+    value_range = np.asarray(h["range"], dtype=np.float64)
+    if value_range.shape != (2,) or not np.all(np.abs(value_range) <= FLOAT32_MAX) or value_range[0] > value_range[1]:
+        raise CorruptFileError(f"corrupt .mcz: value range {h['range']!r} is not (low, high) within float32")
+    value_range = value_range.astype(np.float32)[None]
 
     def chunks():  # a run of blocks at a time (within one group): memory is the output plus one run's activations
         for g in range(groups):

@@ -97,11 +97,11 @@ def test_names_the_file_system_cannot_hold_are_refused_before_the_work(refused, 
 
 def test_sigterm_ends_a_compress_at_once_and_leaves_nothing(tmp_path):
     """SIGTERM while a learned codec computes (native calls: a Python handler would wait for them to return)."""
-    image = _ramp(tmp_path, shape=(1024, 1024))
+    image = _ramp(tmp_path, shape=(3000, 3000))  # a radiograph's size: its encode takes far longer than the wait
     (tmp_path / "out").mkdir()
     p = subprocess.Popen([sys.executable, "-m", "medcomp.cli", "compress", image, tmp_path / "out" / "x.mcz",
                           "--codec", "cal_vae", "--bpp", "2"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(8)  # imports, reading, into the network
+    time.sleep(6)  # imports, reading, into the network
     assert p.poll() is None, "the compress ended before the signal: make the image larger"
     t0 = time.monotonic()
     p.send_signal(signal.SIGTERM)
