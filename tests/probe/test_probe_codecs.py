@@ -38,6 +38,9 @@ def test_tiny_images_are_refused_or_decode_inside_the_input_range(codec, side):
     try:
         container = c.encode(image, Target(ratio=2))
     except MedcompError as exc:
+        if 2 not in c.accepts.ndims:  # a volume codec
+            assert f"codec '{codec}' codes 3-D images" in str(exc)
+            return
         assert f"codec '{codec}' needs slices of at least" in str(exc)
         assert side < c.accepts.min_side
         return
