@@ -17,9 +17,30 @@ from medcomp.errors import MedcompError
 
 
 def _target(args):
+    """The rate ceiling, or None when --lossless / --max-error asks for an error bound instead."""
     from medcomp.target import Target
 
+    if args.lossless or args.max_error is not None:
+        return None
     return Target(ratio=args.ratio, bpp=args.bpp)
+
+
+def _error_bound(args, codec) -> float | None:
+    """--lossless (0) or --max-error E, refused in one line by a codec that cannot guarantee it."""
+    import math
+
+    from medcomp.codecs.registry import available_codecs, codec_class
+
+    if not args.lossless and args.max_error is None:
+        return None
+    bound = 0.0 if args.lossless else args.max_error
+    if not (isinstance(bound, float) and math.isfinite(bound) and bound >= 0):
+        raise MedcompError(f"--max-error must be a finite number ≥ 0, got {bound}")
+    able = [n for n in available_codecs() if (codec_class(n).lossless if bound == 0 else codec_class(n).bounds_error)]
+    if not (codec.lossless if bound == 0 else codec.bounds_error):
+        raise MedcompError(f"codec '{codec.name}' cannot guarantee {'a lossless file' if bound == 0 else 'an error bound'}"
+                           f" (codecs that can: {', '.join(able)})")
+    return bound
 
 
 def cmd_compress(args) -> int:
@@ -48,18 +69,28 @@ def cmd_compress(args) -> int:
     image = read_image(args.input, key=args.key)
     _print_notes(image.meta.get("notes", []))
     codec.check_input(image, args.input)
+    bound = _error_bound(args, codec)
     check_free_space(args.output, compressed_bound(image, target))
     with computing_on(device), killable():
         t0 = time.perf_counter()
-        container = codec.encode(image, target)
+        container = codec.encode(image, target) if bound is None else codec.encode_bounded(image, bound)
         encode_s = time.perf_counter() - t0
-        row, _ = evaluate(image, container, codec, encode_s, target)
+        row, decoded = evaluate(image, container, codec, encode_s, target)
+    if bound is not None:  # the guarantee is checked on the decode, never assumed
+        from medcomp.metrics import max_abs_error
+
+        worst = max_abs_error(image.array, decoded.array)
+        if worst > bound:
+            raise MedcompError(f"{args.input}: codec '{args.codec}' decodes with an error of {worst:g} > {bound:g}; "
+                               "nothing was written")
+        row["max_error"] = worst
     atomic_write_bytes(args.output, container.to_bytes())
-    if row["ratio_actual"] < 0.99 * row["ratio_target"]:  # a target is a ceiling; say when it was not met
+    if target is not None and row["ratio_actual"] < 0.99 * row["ratio_target"]:  # a ceiling: say when it was missed
         _print_notes([f"{args.output}: target CR {row['ratio_target']:.4g} not reached: {args.codec} wrote its "
                       f"smallest file, CR {row['ratio_actual']:.4g} ({row['file_bytes']} bytes)"])
-    keys = ("codec", "ratio_target", "ratio_actual", "bpp", "psnr", "ssim", "encode_s", "decode_s", "file_bytes")
-    print(json.dumps({k: row[k] for k in keys}))
+    keys = ("codec", "ratio_target", "ratio_actual", "bpp", "psnr", "ssim", "encode_s", "decode_s", "file_bytes",
+            "max_error")
+    print(json.dumps({k: row[k] for k in keys if k in row}))
     return 0
 
 
@@ -67,6 +98,8 @@ def compressed_bound(image, target) -> int:
     """The most bytes a .mcz may take, for the free-space check made before the work: twice the target (rate
     control meets it or writes its coarsest output), but never less than the original and its container (a lossless
     codec, an unreachable target on a small image), plus 1 MiB of header and file-system slack."""
+    if target is None:  # lossless / error-bounded: incompressible data may grow a little
+        return int(1.25 * image.nbytes) + (1 << 20)
     return int(max(2 * target.target_bytes(image), 1.01 * image.nbytes + 4096)) + (1 << 20)
 
 
@@ -157,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     rate = c.add_mutually_exclusive_group(required=True)
     rate.add_argument("--ratio", type=float, help="target compression ratio (original bytes / file bytes)")
     rate.add_argument("--bpp", type=float, help="target bits per pixel/voxel")
+    rate.add_argument("--lossless", action="store_true", help="a bit-exact file (deflate, jpegls, jpeg2000, htj2k, "
+                                                               "jpegxl, zfp), checked on the decode")
+    rate.add_argument("--max-error", type=float, metavar="E", help="at most E stored units of absolute error "
+                                                                   "(jpegls, sz3, zfp, sperr, deflate), checked")
     c.add_argument("--key", help="HDF5 dataset key")
     c.add_argument("--force", action="store_true", help="overwrite an existing output file")
     c.add_argument("--ckpt", help="weights file of a trained codec (cal_vae, rnn_conv); default: the shipped one")

@@ -25,7 +25,7 @@ def evaluate(image: Image, container: Container, codec: Codec, encode_s: float, 
     row = {
         "codec": label or container.codec, "image": image.name, "shape": list(image.array.shape),
         "dtype": image.array.dtype.name, "original_bytes": image.nbytes, "file_bytes": len(data),
-        "ratio_target": target.ratio_for(image), "ratio_actual": compression_ratio(image.nbytes, len(data)),
+        "ratio_target": target.ratio_for(image) if target is not None else None, "ratio_actual": compression_ratio(image.nbytes, len(data)),
         "bpp": bits_per_pixel(len(data), image.array.size),
         "psnr": psnr(image.array, decoded.array), "ssim": ssim(image.array, decoded.array),
         "ms_ssim": ms_ssim(image.array, decoded.array) if image.array.ndim == 2 else None,

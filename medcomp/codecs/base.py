@@ -81,9 +81,19 @@ class Codec(ABC):
     @abstractmethod
     def decode(self, container: Container) -> np.ndarray: ...
 
+    # What the codec can guarantee instead of a rate (CLI --lossless / --max-error): ``lossless``: a bit-exact mode;
+    # ``bounds_error``: an absolute error bound in stored units. ``encode_bounded`` implements them.
+    lossless: bool = False
+    bounds_error: bool = False
+
+    def encode_bounded(self, image: Image, max_error: float) -> Container:
+        """A file whose decode differs from ``image`` by at most ``max_error`` stored units (0: bit-exact), or a
+        MedcompError saying why this image cannot be kept so (the caller checks the decode as well)."""
+        raise MedcompError(f"codec '{self.name}' has no {'lossless' if max_error == 0 else 'error-bounded'} mode")
+
     def is_lossless(self, container: Container) -> bool:
         """Whether decoding ``container`` gives back the original values exactly."""
-        return False
+        return bool(container.header.get("lossless") is True)
 
     def lossy_method(self) -> str:
         return self.dicom_method or f"MEDCOMP_{self.name.upper()}"[:16]

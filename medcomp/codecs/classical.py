@@ -21,7 +21,7 @@ from medcomp.codecs.base import (
 from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
-from medcomp.errors import CorruptFileError
+from medcomp.errors import CorruptFileError, MedcompError
 from medcomp.target import Target, fit_to_budget
 
 
@@ -55,6 +55,29 @@ class SliceCodec(Codec):
             target.target_bytes(image), self.knob_lo, self.knob_hi, increasing=self.increasing, integer=self.integer,
         )
         return self._container(image, coded, mapping, knob)
+
+    def encode_plane_lossless(self, plane: np.ndarray) -> bytes:
+        raise NotImplementedError
+
+    def encode_bounded(self, image: Image, max_error: float) -> Container:
+        """Bit-exact (the reversible mode) or, for JPEG-LS, near-lossless with NEAR = ⌊max_error⌋: only for integer
+        images whose range the codec's bits hold unscaled (a scaled or float image cannot come back exactly)."""
+        if max_error > 0 and not self.bounds_error:
+            return super().encode_bounded(image, max_error)
+        if max_error == 0 and not self.lossless:
+            return super().encode_bounded(image, max_error)
+        self.check_input(image)
+        coded, mapping = to_unsigned(image.array, self.bits)
+        if image.array.dtype.kind == "f" or mapping["scale"] != 1.0:
+            raise MedcompError(f"{image.name}: codec '{self.name}' keeps {self.bits}-bit integers exactly; this "
+                               f"{image.array.dtype.name} image (range {image.data_range:g}) cannot be kept "
+                               f"{'exactly' if max_error == 0 else f'within {max_error:g}'}")
+        if max_error == 0 and not self.bounds_error:  # the reversible mode (JPEG-LS: NEAR = 0, below)
+            planes = coded if coded.ndim == 3 else coded[None]
+            streams = [self.encode_plane_lossless(np.ascontiguousarray(p)) for p in planes]
+            header = {**image_header(image), "mapping": mapping, "knob": self.knob_hi, "lossless": True}
+            return Container(self.name, header, join_planes(streams))
+        return self._container(image, coded, mapping, min(int(max_error), int(self.knob_hi)))
 
     def decode(self, container: Container) -> np.ndarray:
         header = container.header
@@ -95,6 +118,7 @@ class JPEG2000(SliceCodec):
     """OpenJPEG, irreversible 9/7 wavelet. imagecodecs' ``level`` is a target PSNR in dB, not a rate."""
 
     name, bits, dicom_method = "jpeg2000", 16, "ISO_15444_1"
+    lossless = True
     accepts = Accepts(min_side=4)  # the 9/7 wavelet on 2×2 slices: 31 dB at its best quality
     knob_lo, knob_hi, increasing = 5.0, 140.0, True
 
@@ -108,6 +132,9 @@ class JPEG2000(SliceCodec):
         xsiz, ysiz, xo, yo = (int.from_bytes(data[i : i + 4], "big") for i in (8, 12, 16, 20))
         return ysiz - yo, xsiz - xo
 
+    def encode_plane_lossless(self, plane):
+        return imagecodecs.jpeg2k_encode(plane, level=0, codecformat="j2k", reversible=True, numthreads=1)
+
     def decode_plane(self, data):
         return imagecodecs.jpeg2k_decode(data)
 
@@ -116,10 +143,14 @@ class JPEGXL(SliceCodec):
     """libjxl at 16 bits; the knob is the Butteraugli distance (larger = smaller file)."""
 
     name, bits, dicom_method = "jpegxl", 16, "ISO_18181_1"
+    lossless = True
     knob_lo, knob_hi, increasing = 0.01, 25.0, False
 
     def encode_plane(self, plane, knob):
         return imagecodecs.jpegxl_encode(plane, distance=float(knob), effort=7, numthreads=1)
+
+    def encode_plane_lossless(self, plane):
+        return imagecodecs.jpegxl_encode(plane, lossless=True, effort=7, numthreads=1)
 
     def decode_plane(self, data):
         return imagecodecs.jpegxl_decode(data)
@@ -130,10 +161,14 @@ class JPEGLS(SliceCodec):
     reaches only modest ratios: at a high target it returns its largest NEAR and reports the actual ratio."""
 
     name, bits, dicom_method = "jpegls", 16, "ISO_14495_1"
+    lossless = bounds_error = True  # NEAR = 0, and NEAR = the bound
     knob_lo, knob_hi, increasing, integer = 0, 255, False, True
 
     def is_lossless(self, container):
         return container.header.get("knob") == 0 and container.header["mapping"].get("scale") == 1.0
+
+    def encode_plane_lossless(self, plane):
+        return imagecodecs.jpegls_encode(plane, level=0)
 
     def encode_plane(self, plane, knob):
         return imagecodecs.jpegls_encode(plane, level=int(knob))
@@ -177,11 +212,15 @@ class HTJ2K(SliceCodec):
     quantisation step (larger = smaller file)."""
 
     name, bits, dicom_method = "htj2k", 16, "ISO_15444_15"
+    lossless = True
     accepts = Accepts(min_side=4)
     knob_lo, knob_hi, increasing = -6.0, 0.0, False
 
     def encode_plane(self, plane, knob):
         return imagecodecs.htj2k_encode(plane, level=float(10.0**knob))
+
+    def encode_plane_lossless(self, plane):
+        return imagecodecs.htj2k_encode(plane, reversible=True)
 
     def plane_size(self, data):
         return JPEG2000.plane_size(self, data)  # the same SOC + SIZ main header (15444-15 keeps part 1's)

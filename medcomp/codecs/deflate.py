@@ -12,6 +12,7 @@ from medcomp.errors import CorruptFileError
 
 class Deflate(Codec):
     name = "deflate"
+    lossless = bounds_error = True
 
     def __init__(self, level: int = 9):
         self.level = level
@@ -30,6 +31,9 @@ class Deflate(Codec):
             raise CorruptFileError(f"corrupt .mcz: the deflate stream holds {len(voxels)} bytes"
                                    f"{'' if inflate.eof else ' and is cut short'}; the header's image is {size}")
         return np.frombuffer(bytearray(voxels), h["dtype"]).reshape(h["shape"])  # writable, like every decode
+
+    def encode_bounded(self, image, max_error) -> Container:
+        return self.encode(image, None)  # always exact
 
     def is_lossless(self, container) -> bool:
         return True

@@ -46,6 +46,25 @@ class VolumeCodec(Codec):
                   "stream_bytes": len(stream)}
         return Container(self.name, header, {"stream": stream})
 
+    def encode_exact(self, values: np.ndarray) -> bytes:
+        raise NotImplementedError
+
+    def encode_within(self, values: np.ndarray, max_error: float) -> bytes:
+        raise NotImplementedError
+
+    def encode_bounded(self, image: Image, max_error: float) -> Container:
+        """The library's own guarantee: a reversible mode (ZFP) or an absolute error bound (SZ3, ZFP, SPERR), in the
+        float working type; the decode is rounded into the stored dtype, which keeps an integer bound."""
+        if (max_error == 0 and not self.lossless) or (max_error > 0 and not self.bounds_error):
+            return super().encode_bounded(image, max_error)
+        self.check_input(image)
+        values = np.ascontiguousarray(image.array, dtype=work_dtype(image.array.dtype))
+        stream = self.encode_exact(values) if max_error == 0 else self.encode_within(values, float(max_error))
+        lo, hi = float(image.array.min()), float(image.array.max())
+        header = {**image_header(image), "knob": self.knob_hi, "work": values.dtype.str, "range": [lo, hi],
+                  "stream_bytes": len(stream), **({"lossless": True} if max_error == 0 else {"max_error": max_error})}
+        return Container(self.name, header, {"stream": stream})
+
     def encode(self, image: Image, target: Target) -> Container:
         self.check_input(image)
         values = np.ascontiguousarray(image.array, dtype=work_dtype(image.array.dtype))
@@ -101,6 +120,10 @@ class SPERR(VolumeCodec):
 
     name, dicom_method = "sperr", "MEDCOMP_SPERR"
     rate_knob, knob_lo, knob_hi = True, 0.001, 64.0
+    bounds_error = True
+
+    def encode_within(self, values, max_error):
+        return imagecodecs.sperr_encode(values, max_error, "pwe", numthreads=1)
 
     def encode_array(self, values, knob):
         return imagecodecs.sperr_encode(values, float(knob), "bpp", numthreads=1)
@@ -114,6 +137,10 @@ class SZ3(VolumeCodec):
     error bound as a fraction of the input's range."""
 
     name, dicom_method = "sz3", "MEDCOMP_SZ3"
+    bounds_error = True
+
+    def encode_within(self, values, max_error):
+        return imagecodecs.sz3_encode(values, "abs", max_error)
 
     def encode_array(self, values, knob):
         return imagecodecs.sz3_encode(values, "abs", _error_bound(knob, values))
@@ -176,6 +203,13 @@ class ZFP(VolumeCodec):
     # volumes only: on a 2-D image its 4×4 blocks at a useful rate are poor (a 512² uint8 radiograph at 1 bit a value:
     # max error 160 of 255; below 0.57 bits it decodes to zeros)
     accepts = Accepts(ndims=(3,))
+    lossless = bounds_error = True
+
+    def encode_exact(self, values):
+        return imagecodecs.zfp_encode(values, mode="reversible", numthreads=1)
+
+    def encode_within(self, values, max_error):
+        return imagecodecs.zfp_encode(values, max_error, mode="accuracy", numthreads=1)
 
     def encode_array(self, values, knob):
         return imagecodecs.zfp_encode(values, float(knob), mode="rate", numthreads=1)

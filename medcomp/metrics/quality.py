@@ -56,6 +56,15 @@ def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
     return float(-10.0 * np.log10(mse))
 
 
+def max_abs_error(original: np.ndarray, decoded: np.ndarray) -> float:
+    """max |original − decoded| in stored units (float64, a slab of rows at a time): what --max-error guarantees."""
+    a, b = _rows(np.asarray(original)), _rows(np.asarray(decoded))
+    worst = 0.0
+    for g in slabs(a.shape[0], a.shape[1], CHUNK_VOXELS):
+        worst = max(worst, float(np.max(np.abs(a[g].astype(np.float64) - b[g].astype(np.float64)))))
+    return worst
+
+
 def _rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a[None]
 
