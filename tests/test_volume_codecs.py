@@ -7,6 +7,7 @@ import pytest
 
 from medcomp.codecs.container import Container
 from medcomp.codecs.registry import decode_container, get_codec
+from medcomp.data.block_datamodules import sample_files
 from medcomp.data.image import Image
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
@@ -23,8 +24,10 @@ def _inputs(shared):
     ct = read_image(shared / "ct" / "abdomen_ct_122x101x112.nii.gz")
     series = read_image(shared / "ct" / "abdomen_ct_dicom_series")
     cxr = read_image(shared / "cxr" / "samples" / "00000001_000.png")
+    radiograph = read_image(sample_files(["RG1_UNCR.dcm"])[0])  # CR chest, 1955×1841, 15-bit
+    em = read_image(shared / "em" / "isbi2012" / "train" / "image")  # serial-section EM, 30 × 512², uint8
     return {"abdomen_ct": ct, "dicom_series": series.like(np.ascontiguousarray(series.array[:, ::2, ::2])),
-            "cxr": cxr}
+            "cxr": cxr, "radiograph_15bit": radiograph, "em_stack": em.like(np.ascontiguousarray(em.array[:6]))}
 
 
 @pytest.mark.parametrize("codec", NEW)
@@ -43,7 +46,9 @@ def test_round_trips_keep_geometry_and_meet_the_ceiling(shared, codec):
         assert decoded.spacing == image.spacing and decoded.origin == image.origin
         assert decoded.direction == image.direction and decoded.rescale == image.rescale
         assert image.array.min() <= decoded.array.min() and decoded.array.max() <= image.array.max()
-        assert psnr(image.array, decoded.array) > FLOOR[codec][0], (name, psnr(image.array, decoded.array))
+        # EM texture at CR 8: SPERR 31.0, SZ3 26.8, ZFP 19.4 dB
+        floor = ({"zfp": 18}.get(codec, 24)) if name == "em_stack" else FLOOR[codec][0]
+        assert psnr(image.array, decoded.array) > floor, (name, psnr(image.array, decoded.array))
 
 
 def test_sperr_beats_slice_by_slice_jpeg2000_at_high_ratios(shared):

@@ -11,8 +11,7 @@ from medcomp.errors import CorruptFileError
 
 
 class Deflate(Codec):
-    name = "deflate"
-    lossless = bounds_error = True
+    name, lossless, bounds_error = "deflate", True, True  # always exact: --lossless and any --max-error
 
     def __init__(self, level: int = 9):
         self.level = level
@@ -27,9 +26,8 @@ class Deflate(Codec):
         size = int(np.prod(h["shape"])) * np.dtype(h["dtype"]).itemsize  # inflate no more than the header says
         inflate = zlib.decompressobj()
         voxels = inflate.decompress(container.sections["voxels"], size)
-        if len(voxels) != size or not inflate.eof or inflate.unused_data or inflate.unconsumed_tail:
-            raise CorruptFileError(f"corrupt .mcz: the deflate stream holds {len(voxels)} bytes"
-                                   f"{'' if inflate.eof else ' and is cut short'}; the header's image is {size}")
+        if len(voxels) != size or not inflate.eof or inflate.unused_data:  # cut short, or more than the image
+            raise CorruptFileError(f"corrupt .mcz: the deflate stream does not hold the header's {size} bytes")
         return np.frombuffer(bytearray(voxels), h["dtype"]).reshape(h["shape"])  # writable, like every decode
 
     def encode_bounded(self, image, max_error) -> Container:
