@@ -31,7 +31,7 @@ test: install tools
 	$(BIN)/python -m pytest -q
 
 test-full: install tools
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	MEDCOMP_FUZZ_FULL=1 $(BIN)/python -m pytest -q -m "slow or not slow"
 
 bench: install
 	$(BIN)/python experiments/classical_rd.py

@@ -4,6 +4,7 @@ bodies behind the right magic with a correct CRC (so the parser itself is exerci
 codec (classical, video, trained 2-D, SIREN, UniCompress) with bytes changed and the CRC recomputed (so every
 decoder is exercised). No per-example deadline: a busy machine is not a failure; pytest-timeout bounds a hang."""
 
+import os
 import struct
 import zlib
 
@@ -18,7 +19,9 @@ from medcomp.data.image import Image
 from medcomp.errors import MedcompError
 from medcomp.target import Target
 
-FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+# 300 examples a test in `make test` (a few seconds each), 2,000 in `make test-full` (MEDCOMP_FUZZ_FULL=1)
+EXAMPLES = 2000 if os.environ.get("MEDCOMP_FUZZ_FULL") else 300
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
 def with_crc(body: bytes) -> bytes:

@@ -37,8 +37,12 @@ class VolumeCodec(Codec):
     def encode_array(self, values: np.ndarray, knob: float) -> bytes:
         raise NotImplementedError
 
-    def decode_into(self, data: bytes, out: np.ndarray) -> np.ndarray:
+    def decode_into(self, data: bytes, out: np.ndarray) -> None:
+        """Decode ``data`` into ``out`` (in place)."""
         raise NotImplementedError
+
+    def check_stream(self, data: bytes, shape: tuple[int, ...]) -> None:
+        """What can be checked of the stream against the header's shape before decoding (SZ3: its dimensions)."""
 
     def _container(self, image: Image, values: np.ndarray, knob: float, lo: float, hi: float) -> Container:
         stream = self.encode_array(values, knob)
@@ -103,8 +107,11 @@ class VolumeCodec(Codec):
         if h.get("stream_bytes") != len(stream):
             raise CorruptFileError(f"corrupt .mcz: the {self.name} stream is {len(stream)} bytes, the header says "
                                    f"{h.get('stream_bytes')!r} (cut or padded)")
-        # decoded into an array of the header's shape: the library cannot allocate what its own stream claims
-        out = self.decode_into(stream, np.empty(h["shape"], dtype=np.dtype(work)))
+        # decoded into an array of the header's shape (the library cannot allocate what its own stream claims), in a
+        # forked child: SPERR's decoder aborts and SZ3's segfaults on some damaged streams (found by the fuzz test)
+        out = np.empty(h["shape"], dtype=np.dtype(work))
+        self.check_stream(stream, out.shape)
+        in_child_process(lambda o: self.decode_into(stream, o), out)
         if not np.all(np.isfinite(out)):
             raise CorruptFileError(f"corrupt .mcz: the {self.name} stream decodes to NaN or infinite values")
         return restore_dtype(np.clip(out, lo, hi), h["dtype"])
@@ -129,7 +136,7 @@ class SPERR(VolumeCodec):
         return imagecodecs.sperr_encode(values, float(knob), "bpp", numthreads=1)
 
     def decode_into(self, data, out):
-        return imagecodecs.sperr_decode(data, out=out, numthreads=1)
+        imagecodecs.sperr_decode(data, out=out, numthreads=1)
 
 
 class SZ3(VolumeCodec):
@@ -145,19 +152,21 @@ class SZ3(VolumeCodec):
     def encode_array(self, values, knob):
         return imagecodecs.sz3_encode(values, "abs", _error_bound(knob, values))
 
-    def decode_into(self, data, out):
-        # SZ3 decodes a stream into any shape it is given: its own dimensions are read first and must be the header's
+    def check_stream(self, data, shape):
+        # SZ3 decodes a stream into any shape it is given: its own dimensions must be the header's
         dims = sz3_dims(data)
-        if dims != out.shape:
+        if dims != shape:
             raise CorruptFileError(f"corrupt .mcz: the sz3 stream is {'×'.join(map(str, dims))}, the header's image "
-                                   f"{'×'.join(map(str, out.shape))}")
-        return in_child_process(lambda o: o.__setitem__(..., imagecodecs.sz3_decode(data, o.shape, o.dtype)), out)
+                                   f"{'×'.join(map(str, shape))}")
+
+    def decode_into(self, data, out):
+        out[...] = imagecodecs.sz3_decode(data, out.shape, out.dtype)
 
 
 def in_child_process(decode, out: np.ndarray) -> np.ndarray:
-    """``decode(out)`` in a forked child that writes into shared memory: SZ3's decoder dies with a segmentation fault
-    on some damaged streams (found by the fuzz test), which no exception handler can catch. A child that does not
-    exit cleanly is a corrupt file; the parent is never at risk. A fork costs milliseconds."""
+    """``decode(out)`` in a forked child that writes into shared memory: a decoder that aborts or segfaults on a
+    damaged stream (SPERR, SZ3) cannot be caught by any exception handler. A child that does not exit cleanly is a
+    corrupt file; the parent is never at risk. A fork costs milliseconds."""
     import mmap
     import os
 
@@ -215,4 +224,4 @@ class ZFP(VolumeCodec):
         return imagecodecs.zfp_encode(values, float(knob), mode="rate", numthreads=1)
 
     def decode_into(self, data, out):
-        return imagecodecs.zfp_decode(data, out=out, numthreads=1)
+        imagecodecs.zfp_decode(data, out=out, numthreads=1)
