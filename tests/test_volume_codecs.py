@@ -77,3 +77,19 @@ def test_a_stream_for_another_shape_is_refused(codec):
     crafted.header["stream_bytes"] = len(cb.sections["stream"])
     with pytest.raises(MedcompError):
         decode_container(Container.from_bytes(crafted.to_bytes()))
+
+
+def test_a_decoder_that_crashes_or_hangs_is_a_corrupt_file(monkeypatch):
+    """The volume decoders run in a forked child: SPERR's aborts and SZ3's segfaults on some damaged streams."""
+    import os
+    import time
+
+    from medcomp.codecs import volume
+    from medcomp.errors import CorruptFileError
+
+    with pytest.raises(CorruptFileError, match="the decoder failed: signal 6"):
+        volume.in_child_process(lambda out: os.abort(), np.empty(4))
+    monkeypatch.setattr(volume, "CHILD_TIMEOUT_S", 0.5)
+    with pytest.raises(CorruptFileError, match="did not finish in 0.5 s"):
+        volume.in_child_process(lambda out: time.sleep(30), np.empty(4))
+    assert volume.in_child_process(lambda out: out.__setitem__(..., 3.0), np.empty(4)).tolist() == [3.0] * 4

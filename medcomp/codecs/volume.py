@@ -179,7 +179,9 @@ def in_child_process(decode, out: np.ndarray) -> np.ndarray:
             code = 0
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    status = _wait(pid, CHILD_TIMEOUT_S)
+    if status is None:
+        raise CorruptFileError(f"corrupt .mcz: the decoder did not finish in {CHILD_TIMEOUT_S} s")
     if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
         how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
         raise CorruptFileError(f"corrupt .mcz: the stream does not decode (the decoder failed: {how})")
@@ -225,3 +227,25 @@ class ZFP(VolumeCodec):
 
     def decode_into(self, data, out):
         imagecodecs.zfp_decode(data, out=out, numthreads=1)
+
+
+CHILD_TIMEOUT_S = 600  # a 300×512×512 volume decodes in seconds; a child stuck on a damaged stream is not waited for
+
+
+def _wait(pid: int, timeout_s: float) -> int | None:
+    """The child's exit status, or None (and the child killed) after ``timeout_s``: a decoder looping on a damaged
+    stream, or a lock the fork copied held, must not hang the command."""
+    import os
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return None
+        time.sleep(0.002)
