@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from medcomp.data.image import restore_dtype
-from medcomp.utils.memory import slabs
+from medcomp.utils.memory import as_rows, slabs
 
 SLAB_VOXELS = 1 << 22
 
@@ -29,7 +29,7 @@ def to_unsigned(array: np.ndarray, bits: int) -> tuple[np.ndarray, dict]:
     else:
         scale = (hi - lo) / top if hi > lo else 1.0
     coded = np.empty(array.shape, dtype=np.uint16 if bits > 8 else np.uint8)
-    flat_in, flat_out = _rows(array), _rows(coded)
+    flat_in, flat_out = as_rows(array), as_rows(coded)
     for s in slabs(flat_in.shape[0], flat_in.shape[1], SLAB_VOXELS):
         flat_out[s] = np.clip(np.rint((flat_in[s].astype(np.float64) - lo) / scale), 0, top)
     # hi: decoding clips into the input's range, so a codec at its coarsest (a target it cannot reach on a tiny
@@ -40,14 +40,9 @@ def to_unsigned(array: np.ndarray, bits: int) -> tuple[np.ndarray, dict]:
 def from_unsigned(coded: np.ndarray, mapping: dict, dtype: str | np.dtype = np.float64) -> np.ndarray:
     """The inverse of :func:`to_unsigned`, rounded and clipped into ``dtype`` (float64 by default)."""
     out = np.empty(coded.shape, dtype=np.dtype(dtype))
-    flat_in, flat_out = _rows(coded), _rows(out)
+    flat_in, flat_out = as_rows(coded), as_rows(out)
     scale, offset = float(mapping["scale"]), float(mapping["offset"])
     hi = float(mapping.get("hi", np.inf))  # files written before the range was stored are not clipped
     for s in slabs(flat_in.shape[0], flat_in.shape[1], SLAB_VOXELS):
         flat_out[s] = restore_dtype(np.clip(flat_in[s].astype(np.float64) * scale + offset, offset, hi), out.dtype.str)
     return out
-
-
-def _rows(a: np.ndarray) -> np.ndarray:
-    """``a`` as (rows, columns): a view of a contiguous array, so that writing into it writes into ``a``."""
-    return a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a[None]

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcomp.utils.memory import slabs
+from medcomp.utils.memory import as_rows, slabs
 
 CHUNK_VOXELS = 1 << 21  # ≈ 2 M voxels per group: ~16 MB per float64 map, ~250 MB for SSIM's working set
 WINDOW, SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
@@ -44,7 +44,7 @@ def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
         raise ValueError(f"shape mismatch {np.shape(original)} vs {np.shape(decoded)}")
     # rows, not slices: one 20000² slice is 3.2 GB as float64; the error is taken relative to R, so that a float
     # image whose range is near float64's limit (R² overflows) still has a PSNR
-    a, b = _rows(np.asarray(original)), _rows(np.asarray(decoded))
+    a, b = as_rows(np.asarray(original)), as_rows(np.asarray(decoded))
     rng = data_range(original)
     sse = 0.0
     for g in slabs(a.shape[0], a.shape[1], CHUNK_VOXELS):
@@ -58,15 +58,11 @@ def psnr(original: np.ndarray, decoded: np.ndarray) -> float:
 
 def max_abs_error(original: np.ndarray, decoded: np.ndarray) -> float:
     """max |original − decoded| in stored units (float64, a slab of rows at a time): what --max-error guarantees."""
-    a, b = _rows(np.asarray(original)), _rows(np.asarray(decoded))
+    a, b = as_rows(np.asarray(original)), as_rows(np.asarray(decoded))
     worst = 0.0
     for g in slabs(a.shape[0], a.shape[1], CHUNK_VOXELS):
         worst = max(worst, float(np.max(np.abs(a[g].astype(np.float64) - b[g].astype(np.float64)))))
     return worst
-
-
-def _rows(a: np.ndarray) -> np.ndarray:
-    return a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a[None]
 
 
 def _window(h: int, w: int) -> tuple[int, float]:

@@ -39,6 +39,12 @@ def slabs(n: int, per_item: int, budget: int):
     return (slice(i, min(n, i + step)) for i in range(0, n, step))
 
 
+def as_rows(a):
+    """``a`` (an array) as (rows, columns), the unit :func:`slabs` walks within a large slice: a view of a contiguous
+    array, so that writing into it writes into ``a``."""
+    return a.reshape(-1, a.shape[-1]) if a.ndim > 1 else a[None]
+
+
 def check_fits(nbytes: int, source: str, what: str = "the image") -> None:
     """Refuse ``nbytes`` (the array a step is about to make) when this machine cannot hold it."""
     avail = available_bytes()
