@@ -34,7 +34,8 @@ class VolumeCodec(Codec):
     rate_knob = False
     knob_lo, knob_hi, increasing = -24.0, 0.0, False
 
-    def encode_array(self, values: np.ndarray, knob: float) -> bytes:
+    def encode_array(self, values: np.ndarray, knob: float, span: float) -> bytes:
+        """``values`` coded at ``knob``; ``span``: their max − min, known once (an error bound is a fraction of it)."""
         raise NotImplementedError
 
     def decode_into(self, data: bytes, out: np.ndarray) -> None:
@@ -44,10 +45,13 @@ class VolumeCodec(Codec):
     def check_stream(self, data: bytes, shape: tuple[int, ...]) -> None:
         """What can be checked of the stream against the header's shape before decoding (SZ3: its dimensions)."""
 
-    def _container(self, image: Image, values: np.ndarray, knob: float, lo: float, hi: float) -> Container:
-        stream = self.encode_array(values, knob)
+    def _container(self, image: Image, values: np.ndarray, knob: float, lo: float, hi: float,
+                   stream: bytes | None = None, **extra) -> Container:
+        """The file of ``stream`` (default: ``encode_array`` at ``knob``); ``extra``: header keys of a bounded file."""
+        if stream is None:
+            stream = self.encode_array(values, knob, hi - lo)
         header = {**image_header(image), "knob": knob, "work": values.dtype.str, "range": [lo, hi],
-                  "stream_bytes": len(stream)}
+                  "stream_bytes": len(stream), **extra}
         return Container(self.name, header, {"stream": stream})
 
     def encode_exact(self, values: np.ndarray) -> bytes:
@@ -65,9 +69,8 @@ class VolumeCodec(Codec):
         values = np.ascontiguousarray(image.array, dtype=work_dtype(image.array.dtype))
         stream = self.encode_exact(values) if max_error == 0 else self.encode_within(values, float(max_error))
         lo, hi = float(image.array.min()), float(image.array.max())
-        header = {**image_header(image), "knob": self.knob_hi, "work": values.dtype.str, "range": [lo, hi],
-                  "stream_bytes": len(stream), **({"lossless": True} if max_error == 0 else {"max_error": max_error})}
-        return Container(self.name, header, {"stream": stream})
+        return self._container(image, values, self.knob_hi, lo, hi, stream,
+                               **({"lossless": True} if max_error == 0 else {"max_error": max_error}))
 
     def encode(self, image: Image, target: Target) -> Container:
         self.check_input(image)
@@ -117,8 +120,7 @@ class VolumeCodec(Codec):
         return restore_dtype(np.clip(out, lo, hi), h["dtype"])
 
 
-def _error_bound(knob: float, values: np.ndarray) -> float:
-    span = float(values.max()) - float(values.min())
+def _error_bound(knob: float, span: float) -> float:
     return float(np.exp2(knob)) * (span if span > 0 else 1.0)
 
 
@@ -132,7 +134,7 @@ class SPERR(VolumeCodec):
     def encode_within(self, values, max_error):
         return imagecodecs.sperr_encode(values, max_error, "pwe", numthreads=1)
 
-    def encode_array(self, values, knob):
+    def encode_array(self, values, knob, span):
         return imagecodecs.sperr_encode(values, float(knob), "bpp", numthreads=1)
 
     def decode_into(self, data, out):
@@ -149,8 +151,8 @@ class SZ3(VolumeCodec):
     def encode_within(self, values, max_error):
         return imagecodecs.sz3_encode(values, "abs", max_error)
 
-    def encode_array(self, values, knob):
-        return imagecodecs.sz3_encode(values, "abs", _error_bound(knob, values))
+    def encode_array(self, values, knob, span):
+        return imagecodecs.sz3_encode(values, "abs", _error_bound(knob, span))
 
     def check_stream(self, data, shape):
         # SZ3 decodes a stream into any shape it is given: its own dimensions must be the header's
@@ -222,7 +224,7 @@ class ZFP(VolumeCodec):
     def encode_within(self, values, max_error):
         return imagecodecs.zfp_encode(values, max_error, mode="accuracy", numthreads=1)
 
-    def encode_array(self, values, knob):
+    def encode_array(self, values, knob, span):
         return imagecodecs.zfp_encode(values, float(knob), mode="rate", numthreads=1)
 
     def decode_into(self, data, out):
