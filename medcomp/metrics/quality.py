@@ -7,10 +7,13 @@ Every metric walks a volume in groups of axial slices of at most ``CHUNK_VOXELS`
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from medcomp.utils.memory import as_rows, slabs
 
@@ -95,14 +98,28 @@ def _ssim_maps(x: torch.Tensor, y: torch.Tensor, rng: float, window: tuple[int, 
     g = g / g.sum()
     x, y = (F.pad(v, (pad, pad, top, bottom), mode="reflect") if pad else v for v in (x, y))
     stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (N, 5, H, W)
-    stack = F.conv2d(stack, g.view(1, 1, 1, -1).repeat(5, 1, 1, 1), groups=5)
-    stack = F.conv2d(stack, g.view(1, 1, -1, 1).repeat(5, 1, 1, 1), groups=5)
+    stack = _gaussian_valid(stack, g.numpy(), pad)
     mx, my, sxx, syy, sxy = stack.unbind(1)
     c1, c2 = (K1 * rng) ** 2, (K2 * rng) ** 2
     vx, vy, cov = (sxx - mx * mx).clamp(min=0), (syy - my * my).clamp(min=0), sxy - mx * my
     cs = (2 * cov + c2) / (vx + vy + c2)
     full = (2 * mx * my + c1) / (mx * mx + my * my + c1) * cs
     return full, cs, pad
+
+
+def _gaussian_valid(stack: torch.Tensor, g: np.ndarray, pad: int) -> torch.Tensor:
+    """The separable Gaussian over the last two axes of (N, maps, H, W), keeping only the positions the whole window
+    covers (a "valid" convolution). scipy's correlate1d, not torch's grouped conv2d: in float64 on a CPU it is ~8×
+    faster, and it lets go of the GIL, so the maps are filtered on every core (a 300×512×512 CT's SSIM took 30 s,
+    most of `medcomp compress`'s time for the fast codecs)."""
+
+    def one(m: np.ndarray) -> np.ndarray:
+        m = ndimage.correlate1d(m, g, axis=-1, mode="constant")[..., pad:m.shape[-1] - pad]
+        return ndimage.correlate1d(m, g, axis=-2, mode="constant")[..., pad:m.shape[-2] - pad, :]
+
+    with ThreadPoolExecutor(min(stack.shape[1], os.cpu_count() or 1)) as pool:
+        maps = list(pool.map(one, stack.numpy().transpose(1, 0, 2, 3)))
+    return torch.from_numpy(np.stack(maps, axis=1))
 
 
 def _per_slice(original, decoded, fn) -> list[float]:
