@@ -142,7 +142,7 @@ def rd_curves(points: list[dict], codecs, targets) -> dict:
 
 
 def machine() -> dict:
-    from medcomp.runtime import usable_cpus
+    from medcomp.utils.parallel import usable_cpus
 
     return {"node": platform.node(), "processor": platform.processor() or platform.machine(),
             "python": platform.python_version(), "cpus": usable_cpus()}

@@ -64,6 +64,10 @@ def cmd_compress(args) -> int:
     if is_learned(args.codec):  # a fitted codec fits on the device (one process); the user's overrides come last
         kwargs["overrides"] = [*trainer_overrides_for(device), *args.override]
     codec = get_codec(args.codec, **kwargs)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise MedcompError(f"--threads must be at least 1, got {args.threads}")
+        codec.threads = args.threads
     if is_learned(args.codec):
         codec.fit_config()  # a bad override is one line now, before the image is read
     image = read_image(args.input, key=args.key)
@@ -76,6 +80,7 @@ def cmd_compress(args) -> int:
         container = codec.encode(image, target) if bound is None else codec.encode_bounded(image, bound)
         encode_s = time.perf_counter() - t0
         row, decoded = evaluate(image, container, codec, encode_s, target)
+    row.update(codec.rate_search or {})  # what the rate search cost, where the codec counts it
     if bound is not None:  # the guarantee is checked on the decode, never assumed
         from medcomp.metrics import max_abs_error
 
@@ -89,7 +94,7 @@ def cmd_compress(args) -> int:
         _print_notes([f"{args.output}: target CR {row['ratio_target']:.4g} not reached: {args.codec} wrote its "
                       f"smallest file, CR {row['ratio_actual']:.4g} ({row['file_bytes']} bytes)"])
     keys = ("codec", "ratio_target", "ratio_actual", "bpp", "psnr", "ssim", "encode_s", "decode_s", "file_bytes",
-            "max_error")
+            "max_error", "whole_encodes", "sample_encodes")
     print(json.dumps({k: row[k] for k in keys if k in row}))
     return 0
 
@@ -195,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--max-error", type=float, metavar="E", help="at most E stored units of absolute error "
                                                                    "(jpegls, sz3, zfp, sperr, deflate), checked")
     c.add_argument("--key", help="HDF5 dataset key")
+    c.add_argument("--threads", type=int, metavar="N", help="slices coded at once by the classical codecs (x264/x265: "
+                                                            "their thread pool); default: one a usable core")
     c.add_argument("--force", action="store_true", help="overwrite an existing output file")
     c.add_argument("--ckpt", help="weights file of a trained codec (cal_vae, rnn_conv); default: the shipped one")
     c.add_argument("--device", default="auto", help="where learned codecs fit and run their networks: auto (CUDA when "

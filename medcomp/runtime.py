@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from medcomp.errors import MedcompError
+from medcomp.utils.parallel import usable_cpus
 
 log = logging.getLogger("medcomp")
 
@@ -95,10 +96,6 @@ def trainer_overrides(cfg: DictConfig) -> list[str]:
         if isinstance(cfg.trainer.get(key), (str, int)):
             out.append(f"++trainer.{key}={cfg.trainer.get(key)}")
     return out
-
-
-def usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def machine() -> dict:

@@ -74,6 +74,10 @@ class Codec(ABC):
     # file (CAL-VAE, RNN-Conv), ``fitted`` ones fit a network to each image as they encode (SIREN, UniCompress).
     trained: bool = False
     fitted: bool = False
+    # Threads that code slices at once (CLI --threads; None: one a usable core), and what the last encode's rate
+    # search cost ({"whole_encodes": n, "sample_encodes": m}, where the codec counts them)
+    threads: int | None = None
+    rate_search: dict | None = None
 
     @abstractmethod
     def encode(self, image: Image, target: Target) -> Container: ...

@@ -1,7 +1,8 @@
 """Still-image codecs from imagecodecs: JPEG (12-bit), JPEG 2000, JPEG XL and JPEG-LS (16-bit).
 
-A volume is coded slice by slice along axis 0 with one shared quality knob, which bisection sets so the whole
-``.mcz`` meets the rate target.
+A volume is coded slice by slice along axis 0, the slices on every core, with one shared quality knob set so the
+whole ``.mcz`` meets the rate target: searched on a sample of slices, then checked (and if need be corrected) on
+the whole volume, a few whole encodes in all (``target.fit_by_sample``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
 from medcomp.errors import CorruptFileError, MedcompError
-from medcomp.target import Target, fit_to_budget
+from medcomp.target import RATE_TOLERANCE, Target, WholeEncodes, fit_by_sample, fit_to_budget, spread
+from medcomp.utils.parallel import thread_map
+
+SAMPLE_FROM, SAMPLE_EVERY = 48, 16  # volumes of 48 slices and more: the rate searched on every 16th slice first
 
 
 class SliceCodec(Codec):
@@ -41,19 +45,36 @@ class SliceCodec(Codec):
         """(rows, columns) that a plane's codestream header claims, without decoding; None where not parsed."""
         return None
 
+    def _streams(self, planes: np.ndarray, code) -> list[bytes]:
+        """``code`` of every plane, the planes coded on ``threads`` threads (the libraries let go of the GIL)."""
+        return thread_map(lambda p: code(np.ascontiguousarray(p)), list(planes), self.threads)
+
     def _container(self, image: Image, coded: np.ndarray, mapping: dict, knob: float) -> Container:
         planes = coded if coded.ndim == 3 else coded[None]
-        streams = [self.encode_plane(np.ascontiguousarray(p), knob) for p in planes]
+        streams = self._streams(planes, lambda p: self.encode_plane(p, knob))
         header = {**image_header(image), "mapping": mapping, "knob": knob}
         return Container(self.name, header, join_planes(streams))
 
     def encode(self, image: Image, target: Target) -> Container:
         self.check_input(image)
         coded, mapping = to_unsigned(image.array, self.bits)
-        knob = fit_to_budget(
-            lambda k: len(self._container(image, coded, mapping, k).to_bytes()),
-            target.target_bytes(image), self.knob_lo, self.knob_hi, increasing=self.increasing, integer=self.integer,
-        )
+        budget = target.target_bytes(image)
+        encodes = WholeEncodes(lambda k: self._container(image, coded, mapping, k), budget)
+        knobs = {"lo": self.knob_lo, "hi": self.knob_hi, "increasing": self.increasing, "integer": self.integer}
+        if coded.ndim == 3 and coded.shape[0] >= SAMPLE_FROM:
+            # the knob searched on every SAMPLE_EVERY-th slice, then checked on the whole volume (target.py)
+            sample = coded[spread(coded.shape[0], coded.shape[0] // SAMPLE_EVERY)]
+            knob = fit_by_sample(encodes.size, encodes.counted(
+                lambda k: sum(map(len, self._streams(sample, lambda p: self.encode_plane(p, k))))),
+                budget, share=len(sample) / coded.shape[0], **knobs)
+        else:
+            knob = fit_to_budget(encodes.size, budget, **knobs, tolerance=RATE_TOLERANCE)
+        self.rate_search = encodes.report()
+        return encodes.chosen(knob)
+
+    def encode_at(self, image: Image, knob: float) -> Container:
+        """One encode at ``knob``, no rate search (what a benchmark calls a plain encode)."""
+        coded, mapping = to_unsigned(image.array, self.bits)
         return self._container(image, coded, mapping, knob)
 
     def encode_plane_lossless(self, plane: np.ndarray) -> bytes:
@@ -73,8 +94,7 @@ class SliceCodec(Codec):
                                f"{image.array.dtype.name} image (range {image.data_range:g}) cannot be kept "
                                f"{'exactly' if max_error == 0 else f'within {max_error:g}'}")
         if max_error == 0 and not self.bounds_error:  # the reversible mode (JPEG-LS: NEAR = 0, below)
-            planes = coded if coded.ndim == 3 else coded[None]
-            streams = [self.encode_plane_lossless(np.ascontiguousarray(p)) for p in planes]
+            streams = self._streams(coded if coded.ndim == 3 else coded[None], self.encode_plane_lossless)
             header = {**image_header(image), "mapping": mapping, "knob": self.knob_hi, "lossless": True}
             return Container(self.name, header, join_planes(streams))
         return self._container(image, coded, mapping, min(int(max_error), int(self.knob_hi)))

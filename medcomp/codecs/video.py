@@ -3,8 +3,8 @@
 A volume is a sequence of frames along axis 0; a 2-D image is one frame. Frames are padded to a multiple of 8
 and at least 64 pixels (edge-replicated, cropped after decoding: libx265 corrupts its heap on 12-bit gray frames
 narrower than 64) and coded as a raw Annex-B stream: no MP4 box overhead in the file. SEI NAL units (the encoders'
-version/options text, ~700 bytes for x264) are dropped: decoders do not need them. The knob is CRF (float),
-searched by bisection to meet the rate target.
+version/options text, ~700 bytes for x264) are dropped: decoders do not need them. The knob is CRF (float), set to
+meet the rate target on a sample of runs of frames and checked on the whole volume (``target.fit_by_sample``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from medcomp.codecs.container import Container
 from medcomp.codecs.mapping import from_unsigned, to_unsigned
 from medcomp.data.image import Image
 from medcomp.errors import CorruptFileError
-from medcomp.target import Target, fit_to_budget
+from medcomp.target import RATE_TOLERANCE, Target, WholeEncodes, fit_by_sample, fit_to_budget, spread
 
 PAD, MIN_SIDE = 8, 64
+SAMPLE_FROM, SAMPLE_RUN = 64, 8  # volumes of 64 frames and more: the rate searched on a run of 8 frames in 64 first
 START_CODE = re.compile(b"\x00\x00\x01")
 
 
@@ -55,7 +56,7 @@ class VideoCodec(Codec):
         raise NotImplementedError
 
     def _options(self, crf: float) -> dict:
-        return {"crf": f"{crf:.3f}", "preset": self.preset}
+        return {"crf": f"{crf:.3f}", "preset": self.preset, **({"threads": str(self.threads)} if self.threads else {})}
 
     def _encode_frames(self, frames: np.ndarray, crf: float) -> bytes:
         import av
@@ -73,8 +74,8 @@ class VideoCodec(Codec):
         packets += ctx.encode(None)
         return drop_nal_units(b"".join(bytes(p) for p in packets), self.is_sei)
 
-    def encode(self, image: Image, target: Target) -> Container:
-        self.check_input(image)
+    def _framed(self, image: Image):
+        """The padded frames and a function that codes them at a CRF into a container."""
         coded, mapping = to_unsigned(image.array, self.bits)
         frames = coded if coded.ndim == 3 else coded[None]
         h, w = frames.shape[1:]
@@ -87,9 +88,28 @@ class VideoCodec(Codec):
             # the stream's length: an Annex-B stream cut short still decodes (the last frame concealed)
             return Container(self.name, {**header, "crf": crf, "stream_bytes": len(stream)}, {"stream": stream})
 
-        crf = fit_to_budget(lambda c: len(build(c).to_bytes()), target.target_bytes(image), self.crf_lo, self.crf_hi,
-                            increasing=False, iterations=16)
-        return build(crf)
+        return frames, build
+
+    def encode_at(self, image: Image, crf: float) -> Container:
+        """One encode at ``crf``, no rate search (what a benchmark calls a plain encode)."""
+        return self._framed(image)[1](crf)
+
+    def encode(self, image: Image, target: Target) -> Container:
+        self.check_input(image)
+        frames, build = self._framed(image)
+        budget = target.target_bytes(image)
+        encodes = WholeEncodes(build, budget)
+        knobs = {"lo": self.crf_lo, "hi": self.crf_hi, "increasing": False}
+        if frames.shape[0] >= SAMPLE_FROM:
+            # CRF searched on a few runs of consecutive frames (inter prediction needs neighbours), coded as one
+            # sequence, then checked on the whole volume (target.fit_by_sample)
+            sample = frames[spread(frames.shape[0], frames.shape[0] // SAMPLE_FROM, SAMPLE_RUN)]
+            crf = fit_by_sample(encodes.size, encodes.counted(lambda c: len(self._encode_frames(sample, c))), budget,
+                                share=len(sample) / frames.shape[0], **knobs)
+        else:
+            crf = fit_to_budget(encodes.size, budget, **knobs, iterations=16, tolerance=RATE_TOLERANCE)
+        self.rate_search = encodes.report()
+        return encodes.chosen(crf)
 
     def check_params(self, header: dict) -> None:
         shape = header["shape"]
@@ -155,4 +175,6 @@ class HEVC(VideoCodec):
         return (nal_header >> 1) & 0x3F in (39, 40)
 
     def _options(self, crf):
-        return {**super()._options(crf), "x265-params": "log-level=error"}
+        options = {"crf": f"{crf:.3f}", "preset": self.preset}
+        # x265 sizes its own thread pool (pools=N), one a core unless --threads says otherwise
+        return {**options, "x265-params": "log-level=error" + (f":pools={self.threads}" if self.threads else "")}

@@ -4,8 +4,8 @@ way the INR-compression literature compares with them, not slice by slice.
 
 The stored values go in as float32 (exact for 8/16-bit data, and float32 images) or float64 (wider integers and
 float64), and come back rounded and clipped into the stored dtype and the input's range. Rate control: SPERR and
-ZFP have a bits-per-value mode (one pass, a few more where the output overshoots); SZ3 bisects its absolute error
-bound on a log scale (an encode is a fraction of a second).
+ZFP have a bits-per-value mode (one pass, a few more where the output overshoots); SZ3's absolute error bound is
+searched on a log scale, on slabs of a large volume first (``target.fit_by_sample``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from medcomp.codecs.base import Accepts, Codec, check_number, image_header
 from medcomp.codecs.container import Container
 from medcomp.data.image import Image, restore_dtype
 from medcomp.errors import CorruptFileError
-from medcomp.target import Target, fit_to_budget
+from medcomp.target import RATE_TOLERANCE, Target, WholeEncodes, fit_by_sample, fit_to_budget, spread
+
+SAMPLE_FROM, SAMPLE_RUN = 64, 16  # volumes of 64 slices and more: SZ3's bound searched on a slab of 16 in 64 first
 
 
 def work_dtype(dtype: np.dtype) -> np.dtype:
@@ -76,24 +78,36 @@ class VolumeCodec(Codec):
         self.check_input(image)
         values = np.ascontiguousarray(image.array, dtype=work_dtype(image.array.dtype))
         lo, hi = float(image.array.min()), float(image.array.max())
-        knob = self.choose_knob(image, values, lo, hi, target)
-        return self._container(image, values, knob, lo, hi)
+        budget = target.target_bytes(image)
+        encodes = WholeEncodes(lambda k: self._container(image, values, k, lo, hi), budget)
+        knob = self.choose_knob(encodes, values, lo, hi, budget)
+        self.rate_search = encodes.report()
+        return encodes.chosen(knob)
 
-    def choose_knob(self, image, values, lo, hi, target) -> float:
+    def encode_at(self, image: Image, knob: float) -> Container:
+        """One encode at ``knob``, no rate search (what a benchmark calls a plain encode)."""
+        values = np.ascontiguousarray(image.array, dtype=work_dtype(image.array.dtype))
+        return self._container(image, values, knob, float(image.array.min()), float(image.array.max()))
+
+    def choose_knob(self, encodes: WholeEncodes, values: np.ndarray, lo: float, hi: float, budget: float) -> float:
         if self.rate_knob:
             # bits per value for the target less the header, in one pass; lowered while the library overshoots
-            header = len(self._container(image, values, self.knob_lo, lo, hi).to_bytes())
-            budget = target.target_bytes(image)
+            header = encodes.size(self.knob_lo)
             knob = float(np.clip(8 * (budget - header) / values.size, self.knob_lo, self.knob_hi))
             for _ in range(12):
-                size = len(self._container(image, values, knob, lo, hi).to_bytes())
+                size = encodes.size(knob)
                 if knob <= self.knob_lo or size <= budget:
                     return knob
                 knob = max(self.knob_lo, knob * min(0.97, (budget - header) / max(size - header, 1)))
             return self.knob_lo
-        return fit_to_budget(lambda k: len(self._container(image, values, k, lo, hi).to_bytes()),
-                             target.target_bytes(image), self.knob_lo, self.knob_hi, increasing=self.increasing,
-                             iterations=14)
+        knobs = {"lo": self.knob_lo, "hi": self.knob_hi, "increasing": self.increasing}
+        if values.ndim == 3 and values.shape[0] >= SAMPLE_FROM:
+            # the error bound searched on a few slabs of consecutive slices (the predictor works in 3-D), coded as
+            # one volume, then checked on the whole one (target.fit_by_sample)
+            sample = np.ascontiguousarray(values[spread(values.shape[0], values.shape[0] // SAMPLE_FROM, SAMPLE_RUN)])
+            return fit_by_sample(encodes.size, encodes.counted(lambda k: len(self.encode_array(sample, k, hi - lo))),
+                                 budget, share=len(sample) / values.shape[0], **knobs)
+        return fit_to_budget(encodes.size, budget, **knobs, iterations=14, tolerance=RATE_TOLERANCE)
 
     def decode(self, container: Container) -> np.ndarray:
         h = container.header

@@ -7,8 +7,6 @@ Every metric walks a volume in groups of axial slices of at most ``CHUNK_VOXELS`
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -16,6 +14,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from medcomp.utils.memory import as_rows, slabs
+from medcomp.utils.parallel import thread_map
 
 CHUNK_VOXELS = 1 << 21  # ≈ 2 M voxels per group: ~16 MB per float64 map, ~250 MB for SSIM's working set
 WINDOW, SIGMA, K1, K2 = 11, 1.5, 0.01, 0.03
@@ -117,8 +116,7 @@ def _gaussian_valid(stack: torch.Tensor, g: np.ndarray, pad: int) -> torch.Tenso
         m = ndimage.correlate1d(m, g, axis=-1, mode="constant")[..., pad:m.shape[-1] - pad]
         return ndimage.correlate1d(m, g, axis=-2, mode="constant")[..., pad:m.shape[-2] - pad, :]
 
-    with ThreadPoolExecutor(min(stack.shape[1], os.cpu_count() or 1)) as pool:
-        maps = list(pool.map(one, stack.numpy().transpose(1, 0, 2, 3)))
+    maps = thread_map(one, list(stack.numpy().transpose(1, 0, 2, 3)))
     return torch.from_numpy(np.stack(maps, axis=1))
 
 

@@ -119,7 +119,7 @@ def loader_settings(trainer, num_workers: int | str = "auto", pin_memory: bool |
     """DataLoader workers and pinning for this trainer. ``auto``: on a GPU, up to 4 worker processes (one core
     left to the training process) and pinned batches, so that decoding and augmentation overlap the device's
     work; on a CPU, 0 workers (the cores are the training's) and no pinning."""
-    from medcomp.runtime import usable_cpus
+    from medcomp.utils.parallel import usable_cpus
 
     gpu = on_gpu(trainer)
     workers = (min(4, max(0, usable_cpus() // max(1, trainer.num_devices) - 1)) if gpu else 0) \
