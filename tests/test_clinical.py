@@ -302,13 +302,15 @@ def test_sigterm_during_encode_leaves_nothing(tmp_path):
     import sys
     import time
 
-    src = tmp_path / "in.nii.gz"
-    oblique_nifti(src, smooth_volume((60, 128, 128), lo=0, hi=1000), oblique=False)
+    # a radiograph-size image: JPEG XL's rate search on one 3000² plane takes ~40 s (a volume's sampled search is
+    # now over before any fixed sleep could land in it)
+    src = tmp_path / "in.npy"
+    np.save(src, smooth_volume((3000, 3000), dtype=np.uint16, lo=0, hi=4095))
     out = tmp_path / "out"
     out.mkdir()
     p = subprocess.Popen([sys.executable, "-m", "medcomp.cli", "compress", str(src), str(out / "x.mcz"), "--codec",
                           "jpegxl", "--ratio", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)  # past the imports and the read: inside the encode
+    time.sleep(6)  # past the imports and the read: inside the encode
     p.send_signal(signal.SIGTERM)
     p.communicate(timeout=120)
     # SIGTERM ends the computation at once (medcomp.cli.killable: a handler could wait for a native call to return)
