@@ -3,6 +3,7 @@ about compression; its own module so that none of them imports another's package
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,25 +87,20 @@ RATE_TOLERANCE = 0.03  # a file within 3 % under its ceiling is on target (a fin
 def fit_by_sample(whole_size: Callable[[float], int], sample_size: Callable[[float], int], budget: float, lo: float,
                   hi: float, *, share: float, increasing: bool = True, integer: bool = False,
                   tolerance: float = RATE_TOLERANCE, whole_passes: int = 3) -> float:
-    """:func:`fit_to_budget` for a volume, in a few whole encodes instead of ~16: the knob is searched on a sample
+    """:func:`fit_to_budget` for a volume, in a few whole encodes instead of ~20: the knob is searched on a sample
     of it (a few slices or runs of frames, cheap to code), whose budget is the whole budget times the sample's
     ``share`` of the bytes (first guessed, e.g. its share of the voxels). One whole encode at that knob measures the
     true share; the sample is searched again with it, until the whole file is under the budget and within
-    ``tolerance`` of it, or the knob is at its end. After ``whole_passes`` whole encodes that miss, a bisection of
-    the whole volume between the nearest knobs measured on either side finishes the work, so the ceiling holds
-    whatever the sample said. Hand-written: no codec library offers "this many bytes for a volume"."""
-    whole: dict[float, int] = {}
-    sampled: dict[float, int] = {}
+    ``tolerance`` of it, or the knob is at its end. After ``whole_passes`` whole encodes that miss, a search of the
+    whole volume between the nearest knobs measured on either side finishes the work (log-size interpolation for a
+    real knob, bisection for an integer one), so the ceiling holds whatever the sample said. Hand-written: no codec library offers "this many bytes for a volume"."""
+    whole: dict[float, int] = {}  # the whole sizes measured: the bracket the last step starts from
+    sample_at = functools.cache(sample_size)
 
     def whole_at(knob):
         if knob not in whole:
             whole[knob] = whole_size(knob)
         return whole[knob]
-
-    def sample_at(knob):
-        if knob not in sampled:
-            sampled[knob] = sample_size(knob)
-        return sampled[knob]
 
     def searched(share):  # the sample aimed at the middle of the tolerated band, found within a third of it
         return fit_to_budget(sample_at, budget * (1.0 - tolerance / 2) * share, lo, hi, increasing=increasing,
