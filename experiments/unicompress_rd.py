@@ -11,8 +11,9 @@ slices, centre-cropped in-plane to --em-crop px, default 256, to keep a CPU run 
 The JSON is rewritten after each input, so a stopped run keeps the inputs it finished ("complete": false); the same
 command with --resume runs only the rest (same settings required; wall_s adds up the sittings).
 Per input and ratio: UniCompress teacher, per-block SIREN (same wall budget), JPEG 2000, JPEG XL, HEVC (--hevc-preset,
-default veryslow: its best practical preset), with PSNR/SSIM against the actual CR of the file and BD-PSNR/BD-rate
-against HEVC over all ratios and over --bd-range. At --seed-ratios both learned codecs are fitted with --seeds seeds
+default veryslow: its best practical preset) and the 3-D error-bounded codecs SPERR and SZ3 (what the INR-compression
+literature compares with), with PSNR/SSIM against the actual CR of the file and BD-PSNR/BD-rate against HEVC and
+against SPERR over all ratios, and the mean PSNR gap to each over --bd-range. At --seed-ratios both learned codecs are fitted with --seeds seeds
 (mean ± sd; the curves hold the first seed). UniCompress points also give their export (quantisation) loss: the
 PSNR of the same weights at 16 bits minus the file's. At --trace-ratios both learned encoders export and decode
 their file every --trace-every steps; the encode-time ratio is the fit time each needs to reach the PSNR both reach
@@ -58,6 +59,7 @@ from medcomp.utils.atomic import atomic_path, atomic_write_text
 from medcomp.utils.devices import computing_on, resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
+REFERENCES = ("hevc", "sperr")  # the BD-rate references: the best video codec and the 3-D wavelet codec
 
 INPUTS = {"abdomen_ct": "ct/abdomen_ct_122x101x112.nii.gz", "thorax_cta_a": "ct/thorax_cta_crop_a.nii.gz",
           "thorax_cta_b": "ct/thorax_cta_crop_b.nii.gz", "isbi_em": "em/isbi2012/train/image"}
@@ -232,11 +234,15 @@ def summarise(rows: list[dict], args) -> dict:
     def in_range(pts):
         return [p for p in pts if lo <= p["ratio_target"] <= hi]
 
+    against = {}  # each learned and classical curve against the video codec and the 3-D wavelet codec, where run
+    for ref in (r for r in REFERENCES if r in curves):
+        against[f"bd_vs_{ref}"] = {c: bd_metrics(curves[ref], pts) for c, pts in curves.items()
+                                   if c != ref and len(pts) >= 4}
+        against[f"psnr_gap_vs_{ref}_cr{lo:g}_{hi:g}"] = {c: mean_psnr_gap(curves[ref], pts, lo, hi)
+                                                         for c, pts in curves.items() if c != ref}
     return {
         "curves": curves,
-        "bd_vs_hevc": {c: bd_metrics(curves["hevc"], pts) for c, pts in curves.items() if c != "hevc" and len(pts) >= 4},
-        f"psnr_gap_vs_hevc_cr{lo:g}_{hi:g}": {c: mean_psnr_gap(curves["hevc"], pts, lo, hi) for c, pts in curves.items()
-                                             if c != "hevc"},
+        **against,
         # dB gained by each halving of the ratio (acceptance: ≥ 1 dB each, CR 1024 → 64)
         "gain_per_halving_db": {c: {f"cr{b['ratio_target']:g}_vs_{a['ratio_target']:g}": b["psnr"] - a["psnr"]
                                     for a, b in zip(pts[::-1], pts[-2::-1])}
@@ -298,7 +304,7 @@ def main(argv=None):
     ap.add_argument("--kd-ratio", type=float, default=256)
     ap.add_argument("--student-ratios", nargs="*", type=float, default=[64, 128, 256, 512, 1024],
                     help="ratios of the KD student's curve (first input only)")
-    ap.add_argument("--classical", nargs="+", default=["jpeg2000", "jpegxl", "hevc"])
+    ap.add_argument("--classical", nargs="+", default=["jpeg2000", "jpegxl", "hevc", "sperr", "sz3"])
     ap.add_argument("--name", default="unicompress_rd")
     ap.add_argument("--out-dir", default=str(ROOT / "experiments" / "results"))
     ap.add_argument("--resume", action="store_true",
@@ -339,7 +345,7 @@ def main(argv=None):
                     out / f"{args.name}.png", title=f"{args.name} ({args.budget_s:g} s fit per learned point, CPU)",
                     x="ratio_actual")
             plot_traces(results, out / f"{args.name}_time.png")
-    print(json.dumps({n: {"bd_vs_hevc": r["bd_vs_hevc"], "encode_time_equal_psnr": r["encode_time_equal_psnr"]}
+    print(json.dumps({n: {k: v for k, v in r.items() if k.startswith("bd_vs_") or k == "encode_time_equal_psnr"}
                       for n, r in results.items()} | {"kd_gain": kd}, indent=2, default=float))
 
 

@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("--ratio", type=float, help="target compression ratio (original bytes / file bytes)")
     rate.add_argument("--bpp", type=float, help="target bits per pixel/voxel")
     rate.add_argument("--lossless", action="store_true", help="a bit-exact file (deflate, jpegls, jpeg2000, htj2k, "
-                                                               "jpegxl, zfp), checked on the decode")
+                                                               "jpegxl, zfp, h264, hevc), checked on the decode")
     rate.add_argument("--max-error", type=float, metavar="E", help="at most E stored units of absolute error "
                                                                    "(jpegls, sz3, zfp, sperr, deflate), checked")
     c.add_argument("--key", help="HDF5 dataset key")
@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = b.add_subparsers(dest="bench", required=True)
     rd = bsub.add_parser("rd", help="rate-distortion curves, BD-rate and BD-PSNR against a reference codec")
     rd.add_argument("--input", nargs="+", required=True)
-    rd.add_argument("--codecs", nargs="+", default=["jpeg", "jpeg2000", "jpegxl", "hevc"])
+    rd.add_argument("--codecs", nargs="+", default=["jpeg", "jpeg2000", "jpegxl", "hevc", "sperr", "sz3"])
     grp = rd.add_mutually_exclusive_group()
     grp.add_argument("--ratios", nargs="+", type=float)
     grp.add_argument("--bpps", nargs="+", type=float)

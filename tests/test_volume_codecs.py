@@ -88,8 +88,8 @@ def test_a_decoder_that_crashes_or_hangs_is_a_corrupt_file(monkeypatch):
     from medcomp.errors import CorruptFileError
 
     with pytest.raises(CorruptFileError, match="the decoder failed: signal 6"):
-        volume.in_child_process(lambda out: os.abort(), np.empty(4))
+        volume.in_child_process(lambda out: os.abort(), (4,), np.float64)
     monkeypatch.setattr(volume, "CHILD_TIMEOUT_S", 0.5)
     with pytest.raises(CorruptFileError, match="did not finish in 0.5 s"):
-        volume.in_child_process(lambda out: time.sleep(30), np.empty(4))
-    assert volume.in_child_process(lambda out: out.__setitem__(..., 3.0), np.empty(4)).tolist() == [3.0] * 4
+        volume.in_child_process(lambda out: time.sleep(30), (4,), np.float64)
+    assert volume.in_child_process(lambda out: out.__setitem__(..., 3.0), (2, 2), np.float32).tolist() == [[3.0] * 2] * 2

@@ -20,9 +20,9 @@ from medcomp.codecs.base import (
     split_planes,
 )
 from medcomp.codecs.container import Container
-from medcomp.codecs.mapping import from_unsigned, to_unsigned
+from medcomp.codecs.mapping import from_unsigned, to_unsigned, to_unsigned_exactly
 from medcomp.data.image import Image
-from medcomp.errors import CorruptFileError, MedcompError
+from medcomp.errors import CorruptFileError
 from medcomp.target import RATE_TOLERANCE, Target, WholeEncodes, fit_by_sample, fit_to_budget, spread
 from medcomp.utils.parallel import thread_map
 
@@ -88,11 +88,7 @@ class SliceCodec(Codec):
         if max_error == 0 and not self.lossless:
             return super().encode_bounded(image, max_error)
         self.check_input(image)
-        coded, mapping = to_unsigned(image.array, self.bits)
-        if image.array.dtype.kind == "f" or mapping["scale"] != 1.0:
-            raise MedcompError(f"{image.name}: codec '{self.name}' keeps {self.bits}-bit integers exactly; this "
-                               f"{image.array.dtype.name} image (range {image.data_range:g}) cannot be kept "
-                               f"{'exactly' if max_error == 0 else f'within {max_error:g}'}")
+        coded, mapping = to_unsigned_exactly(image, self.bits, self.name, max_error)
         if max_error == 0 and not self.bounds_error:  # the reversible mode (JPEG-LS: NEAR = 0, below)
             streams = self._streams(coded if coded.ndim == 3 else coded[None], self.encode_plane_lossless)
             header = {**image_header(image), "mapping": mapping, "knob": self.knob_hi, "lossless": True}

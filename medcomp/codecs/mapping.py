@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from medcomp.data.image import restore_dtype
+from medcomp.data.image import Image, restore_dtype
+from medcomp.errors import MedcompError
 from medcomp.utils.memory import as_rows, slabs
 
 SLAB_VOXELS = 1 << 22
@@ -35,6 +36,17 @@ def to_unsigned(array: np.ndarray, bits: int) -> tuple[np.ndarray, dict]:
     # hi: decoding clips into the input's range, so a codec at its coarsest (a target it cannot reach on a tiny
     # image) still decodes inside [lo, hi], never to a mid-grey of its code range far outside the input's
     return coded, {"offset": lo, "scale": scale, "bits": bits, "hi": hi}
+
+
+def to_unsigned_exactly(image: Image, bits: int, codec: str, max_error: float = 0.0) -> tuple[np.ndarray, dict]:
+    """:func:`to_unsigned` for a lossless (or near-lossless) mode: only an integer image whose range ``bits`` hold
+    unscaled comes back exactly; a float or wider one is refused in one line, never approximated."""
+    coded, mapping = to_unsigned(image.array, bits)
+    if image.array.dtype.kind == "f" or mapping["scale"] != 1.0:
+        raise MedcompError(f"{image.name}: codec '{codec}' keeps {bits}-bit integers exactly; this "
+                           f"{image.array.dtype.name} image (range {image.data_range:g}) cannot be kept "
+                           f"{'exactly' if max_error == 0 else f'within {max_error:g}'}")
+    return coded, mapping
 
 
 def from_unsigned(coded: np.ndarray, mapping: dict, dtype: str | np.dtype = np.float64) -> np.ndarray:

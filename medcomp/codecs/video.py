@@ -5,6 +5,8 @@ and at least 64 pixels (edge-replicated, cropped after decoding: libx265 corrupt
 narrower than 64) and coded as a raw Annex-B stream: no MP4 box overhead in the file. SEI NAL units (the encoders'
 version/options text, ~700 bytes for x264) are dropped: decoders do not need them. The knob is CRF (float), set to
 meet the rate target on a sample of runs of frames and checked on the whole volume (``target.fit_by_sample``).
+``--lossless``: x264 at QP 0 and x265's lossless mode (transform and quantisation bypassed) give back every sample of
+an integer image that 10 (H.264) or 12 (HEVC) bits hold unshifted in scale.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 
 from medcomp.codecs.base import Accepts, Codec, check_number, image_header
 from medcomp.codecs.container import Container
-from medcomp.codecs.mapping import from_unsigned, to_unsigned
+from medcomp.codecs.mapping import from_unsigned, to_unsigned, to_unsigned_exactly
 from medcomp.data.image import Image
 from medcomp.errors import CorruptFileError
 from medcomp.target import RATE_TOLERANCE, Target, WholeEncodes, fit_by_sample, fit_to_budget, spread
@@ -46,6 +48,7 @@ class VideoCodec(Codec):
     encoder, decoder, pix_fmt, bits = "", "", "", 8
     accepts = Accepts(min_side=8)  # padded frames of 2×2–6×6 pixels: 28–45 dB at CRF 0 (HEVC)
     crf_lo, crf_hi = 0.0, 51.0
+    lossless = True
 
     def __init__(self, preset: str = "medium"):
         """``preset``: the x264/x265 speed/quality preset (medium for everyday use; benchmarks compare at veryslow)."""
@@ -55,10 +58,12 @@ class VideoCodec(Codec):
     def is_sei(nal_header: int) -> bool:
         raise NotImplementedError
 
-    def _options(self, crf: float) -> dict:
-        return {"crf": f"{crf:.3f}", "preset": self.preset, **({"threads": str(self.threads)} if self.threads else {})}
+    def _options(self, crf: float | None) -> dict:
+        """The encoder's options at ``crf``; None: lossless (x264 codes QP 0 losslessly, High 4:4:4 Predictive)."""
+        rate = {"crf": f"{crf:.3f}"} if crf is not None else {"qp": "0"}
+        return {**rate, "preset": self.preset, **({"threads": str(self.threads)} if self.threads else {})}
 
-    def _encode_frames(self, frames: np.ndarray, crf: float) -> bytes:
+    def _encode_frames(self, frames: np.ndarray, crf: float | None) -> bytes:
         import av
 
         ctx = av.CodecContext.create(self.encoder, "w")
@@ -74,9 +79,11 @@ class VideoCodec(Codec):
         packets += ctx.encode(None)
         return drop_nal_units(b"".join(bytes(p) for p in packets), self.is_sei)
 
-    def _framed(self, image: Image):
-        """The padded frames and a function that codes them at a CRF into a container."""
-        coded, mapping = to_unsigned(image.array, self.bits)
+    def _framed(self, image: Image, exact: bool = False):
+        """The padded frames and a function that codes them at a CRF (None: lossless) into a container; ``exact``:
+        only an image the codec's bits hold unscaled (refused in one line otherwise)."""
+        coded, mapping = (to_unsigned_exactly(image, self.bits, self.name) if exact
+                          else to_unsigned(image.array, self.bits))
         frames = coded if coded.ndim == 3 else coded[None]
         h, w = frames.shape[1:]
         ph, pw = _padded(h) - h, _padded(w) - w
@@ -86,7 +93,8 @@ class VideoCodec(Codec):
         def build(crf):
             stream = self._encode_frames(frames, crf)
             # the stream's length: an Annex-B stream cut short still decodes (the last frame concealed)
-            return Container(self.name, {**header, "crf": crf, "stream_bytes": len(stream)}, {"stream": stream})
+            knob = {"crf": crf} if crf is not None else {"crf": self.crf_lo, "lossless": True}
+            return Container(self.name, {**header, **knob, "stream_bytes": len(stream)}, {"stream": stream})
 
         return frames, build
 
@@ -110,6 +118,13 @@ class VideoCodec(Codec):
             crf = fit_to_budget(encodes.size, budget, **knobs, iterations=16, tolerance=RATE_TOLERANCE)
         self.rate_search = encodes.report()
         return encodes.chosen(crf)
+
+    def encode_bounded(self, image: Image, max_error: float) -> Container:
+        """Lossless only (an error bound is not what CRF or QP controls)."""
+        if max_error > 0:
+            return super().encode_bounded(image, max_error)
+        self.check_input(image)
+        return self._framed(image, exact=True)[1](None)
 
     def check_params(self, header: dict) -> None:
         shape = header["shape"]
@@ -175,6 +190,8 @@ class HEVC(VideoCodec):
         return (nal_header >> 1) & 0x3F in (39, 40)
 
     def _options(self, crf):
-        options = {"crf": f"{crf:.3f}", "preset": self.preset}
+        options = {"crf": f"{crf:.3f}", "preset": self.preset} if crf is not None else {"preset": self.preset}
         # x265 sizes its own thread pool (pools=N), one a core unless --threads says otherwise
-        return {**options, "x265-params": "log-level=error" + (f":pools={self.threads}" if self.threads else "")}
+        params = "log-level=error" + (f":pools={self.threads}" if self.threads else "") + (
+            ":lossless=1" if crf is None else "")
+        return {**options, "x265-params": params}

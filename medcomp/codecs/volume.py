@@ -126,12 +126,12 @@ class VolumeCodec(Codec):
                                    f"{h.get('stream_bytes')!r} (cut or padded)")
         # decoded into an array of the header's shape (the library cannot allocate what its own stream claims), in a
         # forked child: SPERR's decoder aborts and SZ3's segfaults on some damaged streams (found by the fuzz test)
-        out = np.empty(h["shape"], dtype=np.dtype(work))
-        self.check_stream(stream, out.shape)
-        in_child_process(lambda o: self.decode_into(stream, o), out)
+        shape = tuple(h["shape"])
+        self.check_stream(stream, shape)
+        out = in_child_process(lambda o: self.decode_into(stream, o), shape, np.dtype(work))
         if not np.all(np.isfinite(out)):
             raise CorruptFileError(f"corrupt .mcz: the {self.name} stream decodes to NaN or infinite values")
-        return restore_dtype(np.clip(out, lo, hi), h["dtype"])
+        return restore_dtype(np.clip(out, lo, hi, out=out), h["dtype"])  # clipped in place: one working copy
 
 
 def _error_bound(knob: float, span: float) -> float:
@@ -179,19 +179,22 @@ class SZ3(VolumeCodec):
         out[...] = imagecodecs.sz3_decode(data, out.shape, out.dtype)
 
 
-def in_child_process(decode, out: np.ndarray) -> np.ndarray:
-    """``decode(out)`` in a forked child that writes into shared memory: a decoder that aborts or segfaults on a
-    damaged stream (SPERR, SZ3) cannot be caught by any exception handler. A child that does not exit cleanly is a
-    corrupt file; the parent is never at risk. A fork costs milliseconds."""
+def in_child_process(decode, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """``decode(out)`` in a forked child, ``out`` an array of ``shape`` and ``dtype`` in shared memory, which is
+    returned (not copied: the volume is held once): a decoder that aborts or segfaults on a damaged stream (SPERR,
+    SZ3) cannot be caught by any exception handler. A child that does not exit cleanly is a corrupt file; the parent
+    is never at risk. A fork costs milliseconds."""
     import mmap
     import os
 
-    shared = mmap.mmap(-1, max(out.nbytes, 1))  # anonymous and MAP_SHARED: the child's writes are the parent's
+    count = int(np.prod(shape))
+    shared = mmap.mmap(-1, max(count * np.dtype(dtype).itemsize, 1))  # anonymous, MAP_SHARED: the child writes here
+    out = np.frombuffer(shared, dtype=dtype, count=count).reshape(shape)
     pid = os.fork()
     if pid == 0:  # the child: decode, and leave without running any of the parent's cleanup
         code = 1
         try:
-            decode(np.frombuffer(shared, dtype=out.dtype, count=out.size).reshape(out.shape))
+            decode(out)
             code = 0
         finally:
             os._exit(code)
@@ -201,7 +204,6 @@ def in_child_process(decode, out: np.ndarray) -> np.ndarray:
     if not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0:
         how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
         raise CorruptFileError(f"corrupt .mcz: the stream does not decode (the decoder failed: {how})")
-    out[...] = np.frombuffer(shared, dtype=out.dtype, count=out.size).reshape(out.shape)
     return out
 
 

@@ -90,12 +90,24 @@ def validate_image(image: Image, source: str, allowed_ndim=(2, 3)) -> Image:
 
 
 def restore_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Round and clip decoded float values into the original dtype."""
+    """Round and clip decoded float values into the original dtype, a slab of rows at a time (a decoded CT's rounded
+    and clipped float copies would be two more volumes)."""
+    from medcomp.utils.memory import as_rows, slabs
+
     dt = np.dtype(dtype)
-    if dt.kind in "iu":
-        info = np.iinfo(dt)
+    if dt.kind not in "iu":
+        return values.astype(dt)
+    info = np.iinfo(dt)
+    if values.ndim < 2:
         return np.clip(np.rint(values), info.min, info.max).astype(dt)
-    return values.astype(dt)
+    out = np.empty(values.shape, dtype=dt)
+    rows_in, rows_out = as_rows(np.ascontiguousarray(values)), as_rows(out)
+    for s in slabs(rows_in.shape[0], rows_in.shape[1], RESTORE_SLAB_VOXELS):
+        rows_out[s] = np.clip(np.rint(rows_in[s]), info.min, info.max)
+    return out
+
+
+RESTORE_SLAB_VOXELS = 1 << 22
 
 
 def _span(lo, hi):
