@@ -33,8 +33,7 @@ def test_ssim_identity_and_degradation():
 
 def test_ssim_map_equals_scikit_image_away_from_the_border():
     """An independent reference: scikit-image's SSIM (Gaussian σ 1.5, population covariance, as Wang et al.). The two
-    pad the border differently (torch's reflect vs scipy's), so the maps are compared where no padding is read."""
-    import torch
+    pad the border differently (numpy's reflect vs scipy's), so the maps are compared where no padding is read."""
     from skimage.metrics import structural_similarity
 
     from medcomp.metrics.quality import _ssim_maps
@@ -45,9 +44,9 @@ def test_ssim_map_equals_scikit_image_away_from_the_border():
     r = float(a.max() - a.min())
     _, ref = structural_similarity(a, b, data_range=r, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
                                    full=True)
-    full, _, pad = _ssim_maps(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None], r)
+    full, _, pad = _ssim_maps(a[None], b[None], r)
     assert pad == 5
-    np.testing.assert_allclose(full[0].numpy()[pad:-pad, pad:-pad], ref[pad:-pad, pad:-pad], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(full[0][pad:-pad, pad:-pad], ref[pad:-pad, pad:-pad], rtol=1e-9, atol=1e-12)
     assert 0.3 < float(full.mean()) < 0.99
 
 
@@ -72,3 +71,28 @@ def test_ssim_volume_is_mean_over_axial_slices():
 def test_ratio_and_bpp_from_bytes():
     assert compression_ratio(512 * 512 * 2, 4096) == 128.0
     assert bits_per_pixel(4096, 512 * 512) == 0.125
+
+
+def test_ssim_and_ms_ssim_equal_torchmetrics():
+    """The numpy SSIM and MS-SSIM (no torch in a classical codec's process) give torchmetrics' numbers, on an odd-sized
+    slice (MS-SSIM's pooling drops the last row and column) and a volume (mean over axial slices)."""
+    import torch
+    from torchmetrics.functional.image import (
+        multiscale_structural_similarity_index_measure,
+        structural_similarity_index_measure,
+    )
+
+    from medcomp.metrics import ms_ssim
+
+    rng = np.random.default_rng(3)
+    a = np.cumsum(rng.normal(0, 40, (2, 181, 187)), axis=2).astype(np.float32)
+    b = a + rng.normal(0, 25, a.shape).astype(np.float32)
+    r = float(a.max() - a.min())
+    x, y = (torch.from_numpy(v.astype(np.float64))[:, None] for v in (a, b))
+    ref_ms = [float(multiscale_structural_similarity_index_measure(y[k : k + 1], x[k : k + 1], data_range=r))
+              for k in range(2)]
+    ref_ssim = [float(structural_similarity_index_measure(y[k : k + 1], x[k : k + 1], data_range=r)) for k in range(2)]
+    # float64 sums in another order (conv2d vs correlate1d): equal to 1e-10
+    assert ms_ssim(a, b) == pytest.approx(np.mean(ref_ms), rel=1e-9)
+    assert ssim(a, b) == pytest.approx(np.mean(ref_ssim), rel=1e-9)
+    assert 0.2 < ms_ssim(a, b) < 0.999

@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from medcomp.utils.memory import as_rows, slabs
@@ -75,49 +73,48 @@ def _window(h: int, w: int) -> tuple[int, float]:
     return size, SIGMA * size / WINDOW
 
 
-def _ssim_terms(x: torch.Tensor, y: torch.Tensor, rng: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean SSIM and mean contrast-structure term per slice of (N, 1, H, W) float64 batches, as torchmetrics
-    computes them: SSIM averaged over the whole image, the contrast-structure term over the unpadded part."""
+def _ssim_terms(x: np.ndarray, y: np.ndarray, rng: float) -> tuple[np.ndarray, np.ndarray]:
+    """Mean SSIM and mean contrast-structure term per slice of (N, H, W) float64 batches, as torchmetrics computes
+    them: SSIM averaged over the whole image, the contrast-structure term over the unpadded part."""
     full, cs, pad = _ssim_maps(x, y, rng)
     inner = cs[..., pad:cs.shape[-2] - pad, pad:cs.shape[-1] - pad] if pad else cs
-    return full.mean(dim=(-2, -1)), inner.mean(dim=(-2, -1))
+    return full.mean(axis=(-2, -1)), inner.mean(axis=(-2, -1))
 
 
-def _ssim_maps(x: torch.Tensor, y: torch.Tensor, rng: float, window: tuple[int, float] | None = None,
-               rows_pad: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _ssim_maps(x: np.ndarray, y: np.ndarray, rng: float, window: tuple[int, float] | None = None,
+               rows_pad: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-pixel SSIM and contrast-structure maps, (N, H, W), and the padding: reflect padding by half a window,
     Gaussian-weighted local statistics (separable here), variances clamped at 0. ``window``: the slice's window
     (default: from this input's size); ``rows_pad``: reflect padding above and below (a band of a large slice
-    brings its neighbours' rows instead, and is padded only where it meets the slice's edge)."""
+    brings its neighbours' rows instead, and is padded only where it meets the slice's edge). numpy, not torch
+    (the arithmetic torchmetrics does, in float64): a classical codec's process then never loads torch."""
     size, sigma = window or _window(*x.shape[-2:])
     pad = (size - 1) // 2
     top, bottom = rows_pad if rows_pad is not None else (pad, pad)
-    t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(t**2) / (2 * sigma**2))
+    t = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    g = np.exp(-(t**2) / (2 * sigma**2))
     g = g / g.sum()
-    x, y = (F.pad(v, (pad, pad, top, bottom), mode="reflect") if pad else v for v in (x, y))
-    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (N, 5, H, W)
-    stack = _gaussian_valid(stack, g.numpy(), pad)
-    mx, my, sxx, syy, sxy = stack.unbind(1)
+    if pad:
+        x, y = (np.pad(v, ((0, 0), (top, bottom), (pad, pad)), mode="reflect") for v in (x, y))
+    mx, my, sxx, syy, sxy = _gaussian_valid([x, y, x * x, y * y, x * y], g, pad)
     c1, c2 = (K1 * rng) ** 2, (K2 * rng) ** 2
-    vx, vy, cov = (sxx - mx * mx).clamp(min=0), (syy - my * my).clamp(min=0), sxy - mx * my
+    vx, vy, cov = np.maximum(sxx - mx * mx, 0), np.maximum(syy - my * my, 0), sxy - mx * my
     cs = (2 * cov + c2) / (vx + vy + c2)
     full = (2 * mx * my + c1) / (mx * mx + my * my + c1) * cs
     return full, cs, pad
 
 
-def _gaussian_valid(stack: torch.Tensor, g: np.ndarray, pad: int) -> torch.Tensor:
-    """The separable Gaussian over the last two axes of (N, maps, H, W), keeping only the positions the whole window
-    covers (a "valid" convolution). scipy's correlate1d, not torch's grouped conv2d: in float64 on a CPU it is ~8×
-    faster, and it lets go of the GIL, so the maps are filtered on every core (a 300×512×512 CT's SSIM took 30 s,
+def _gaussian_valid(maps: list[np.ndarray], g: np.ndarray, pad: int) -> list[np.ndarray]:
+    """The separable Gaussian over the last two axes of each (N, H, W) map, keeping only the positions the whole
+    window covers (a "valid" convolution). scipy's correlate1d, not torch's grouped conv2d: in float64 on a CPU it is
+    ~8× faster, and it lets go of the GIL, so the maps are filtered on every core (a 300×512×512 CT's SSIM took 30 s,
     most of `medcomp compress`'s time for the fast codecs)."""
 
     def one(m: np.ndarray) -> np.ndarray:
         m = ndimage.correlate1d(m, g, axis=-1, mode="constant")[..., pad:m.shape[-1] - pad]
         return ndimage.correlate1d(m, g, axis=-2, mode="constant")[..., pad:m.shape[-2] - pad, :]
 
-    maps = thread_map(one, list(stack.numpy().transpose(1, 0, 2, 3)))
-    return torch.from_numpy(np.stack(maps, axis=1))
+    return thread_map(one, maps)
 
 
 def _per_slice(original, decoded, fn) -> list[float]:
@@ -125,11 +122,8 @@ def _per_slice(original, decoded, fn) -> list[float]:
     rng = data_range(original)
     unit = _unit(rng)
     out: list[float] = []
-    with torch.no_grad():
-        for g in slabs(a.shape[0], a[0].size, CHUNK_VOXELS):
-            x = torch.from_numpy(a[g].astype(np.float64) / unit)[:, None]
-            y = torch.from_numpy(b[g].astype(np.float64) / unit)[:, None]
-            out += fn(x, y, rng / unit)
+    for g in slabs(a.shape[0], a[0].size, CHUNK_VOXELS):
+        out += fn(a[g].astype(np.float64) / unit, b[g].astype(np.float64) / unit, rng / unit)
     return out
 
 
@@ -155,15 +149,19 @@ def _banded_ssim(a: np.ndarray, b: np.ndarray, rng: float) -> float:
     pad = (window[0] - 1) // 2
     unit = _unit(rng)
     total = 0.0
-    with torch.no_grad():
-        for band in slabs(h, w, CHUNK_VOXELS // 2):
-            r0, r1 = max(band.start - pad, 0), min(band.stop + pad, h)
-            rows_pad = (pad - (band.start - r0), pad - (r1 - band.stop))
-            x = torch.from_numpy(a[r0:r1].astype(np.float64) / unit)[None, None]
-            y = torch.from_numpy(b[r0:r1].astype(np.float64) / unit)[None, None]
-            full, _, _ = _ssim_maps(x, y, rng / unit, window, rows_pad)
-            total += float(full.sum())
+    for band in slabs(h, w, CHUNK_VOXELS // 2):
+        r0, r1 = max(band.start - pad, 0), min(band.stop + pad, h)
+        rows_pad = (pad - (band.start - r0), pad - (r1 - band.stop))
+        x, y = (v[r0:r1].astype(np.float64)[None] / unit for v in (a, b))
+        full, _, _ = _ssim_maps(x, y, rng / unit, window, rows_pad)
+        total += float(full.sum())
     return total / (h * w)
+
+
+def _halved(x: np.ndarray) -> np.ndarray:
+    """2× average pooling of (N, H, W), an odd last row or column dropped (torch's avg_pool2d(x, 2))."""
+    n, h, w = x.shape
+    return x[:, : h - h % 2, : w - w % 2].reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
 
 
 def ms_ssim(original: np.ndarray, decoded: np.ndarray) -> float | None:
@@ -179,9 +177,10 @@ def ms_ssim(original: np.ndarray, decoded: np.ndarray) -> float | None:
         factors = []
         for level, w in enumerate(MS_WEIGHTS):
             s, cs = _ssim_terms(x, y, rng)
-            factors.append((s if level == len(MS_WEIGHTS) - 1 else cs) ** w)
-            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-        return torch.stack(factors).prod(0).tolist()
+            with np.errstate(invalid="ignore"):  # a negative term to a fractional power: NaN, refused below
+                factors.append((s if level == len(MS_WEIGHTS) - 1 else cs) ** w)
+            x, y = _halved(x), _halved(y)
+        return np.prod(factors, axis=0).tolist()
 
     values = _per_slice(original, decoded, per_slice)
     return float(np.mean(values)) if all(math.isfinite(v) for v in values) else None

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-
-import torch
+from typing import TYPE_CHECKING
 
 from medcomp.errors import MedcompError
 
+if TYPE_CHECKING:
+    import torch
+
 DEVICES = ("auto", "cpu", "cuda")
-_current = torch.device("cpu")
+_current = "cpu"  # a name, so that a classical codec's process never imports torch (≈ 1.3 s and 0.5 GB resident)
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto``: CUDA when there is one, else the CPU; ``cuda`` without CUDA is a one-line error."""
+    import torch
+
     if name not in DEVICES:
         raise MedcompError(f"--device {name}: expected one of {', '.join(DEVICES)}")
     if name == "auto":
@@ -30,14 +34,16 @@ def resolve_device(name: str) -> torch.device:
 
 
 def compute_device() -> torch.device:
-    return _current
+    import torch
+
+    return torch.device(_current)
 
 
 @contextlib.contextmanager
-def computing_on(device: torch.device | str) -> Iterator[torch.device]:
+def computing_on(device: torch.device | str) -> Iterator[str]:
     """Learned encoders and decoders called inside run their networks on ``device``."""
     global _current
-    previous, _current = _current, torch.device(device)
+    previous, _current = _current, str(device)
     try:
         yield _current
     finally:
