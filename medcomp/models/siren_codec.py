@@ -17,7 +17,14 @@ from medcomp.data.blocks import BlockLayout, assemble_blocks
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
 from medcomp.models.built_in_setup import BuiltInSetup
-from medcomp.nn.siren import BatchedSiren, grid_coordinates, siren_param_count, siren_shapes, width_for_budget
+from medcomp.nn.siren import (
+    BatchedSiren,
+    evaluate_in_pieces,
+    grid_coordinates,
+    siren_param_count,
+    siren_shapes,
+    width_for_budget,
+)
 from medcomp.target import Target
 from medcomp.utils import devices
 from medcomp.utils.devices import compute_device
@@ -172,7 +179,7 @@ def decode_siren(container: Container, chunk_points: int | None = None) -> np.nd
     def chunks():
         for i in range(0, n, per):
             group = slice(i, min(n, i + per))
-            values = net(coords.expand(group.stop - i, -1, -1), nets=group).squeeze(-1)
+            values = evaluate_in_pieces(net, coords.expand(group.stop - i, -1, -1), nets=group).squeeze(-1)
             yield i, denormalise(values.cpu().numpy(), ranges[group])
 
     return deblock(assemble_blocks(layout, h["dtype"], chunks()), layout, check_strength(h.get("deblock", 0)))

@@ -27,7 +27,14 @@ from medcomp.errors import CorruptFileError, MedcompError
 from medcomp.models.built_in_setup import BuiltInSetup
 from medcomp.nn.fusion import AttentionFusion
 from medcomp.nn.pretrained import load_extractor
-from medcomp.nn.siren import COORDINATE_FRAMES, BatchedSiren, block_coordinates, siren_shapes, width_for_budget
+from medcomp.nn.siren import (
+    COORDINATE_FRAMES,
+    BatchedSiren,
+    block_coordinates,
+    evaluate_in_pieces,
+    siren_shapes,
+    width_for_budget,
+)
 from medcomp.nn.vq import VectorQuantizer
 from medcomp.nn.wavelet import haar_dwt, pad_even
 from medcomp.target import Target
@@ -128,7 +135,8 @@ def decode_unicompress(container: Container, chunk_points: int | None = None) ->
                 j = min(i + per, (g + 1) * per_group)
                 c = codes[i:j]
                 inp = torch.cat([corners[i:j, None, :] + coords, c[:, None, :].expand(-1, v, -1)], dim=-1)
-                values = net(inp.reshape(1, -1, in_dim), nets=slice(g, g + 1)).reshape(j - i, v).cpu().numpy()
+                values = evaluate_in_pieces(net, inp.reshape(1, -1, in_dim), nets=slice(g, g + 1))
+                values = values.reshape(j - i, v).cpu().numpy()
                 yield i, denormalise(values, np.repeat(value_range, j - i, axis=0))
 
     return deblock(assemble_blocks(layout, h["dtype"], chunks()), layout, check_strength(h.get("deblock", 0)))

