@@ -119,7 +119,7 @@ def plot(result: dict, path: Path) -> None:
     ax1.barh(names, net, label="network (matmuls + sines)")
     ax1.barh(names, rest, left=net, label="the rest of the process")
     ax1.axvline(60, color="k", ls="--", lw=1, label="target 60 s")
-    ax1.set_xlabel("medcomp decompress, 300×512×512 CT (s)")
+    ax1.set_xlabel(f"medcomp decompress, {rows[0]['slices']}×512×512 CT (s)")
     ax1.legend(fontsize=8)
     width = 0.25
     for k, (key, label) in enumerate((("network_gflop_per_s", "decode network"),
