@@ -126,6 +126,14 @@ def test_folder_of_png_slices_is_a_stack(tmp_path):
         read_image(tmp_path)
 
 
+def test_stack_of_unpadded_slice_numbers_is_in_numeric_order(tmp_path):
+    """0.png, 1.png, …, 11.png (as the ISBI 2012 EM stack is named): slice 10 follows 9, not 1."""
+    vol = np.arange(12, dtype=np.uint8)[:, None, None] * np.ones((1, 8, 9), np.uint8)
+    for i, sl in enumerate(vol):
+        PILImage.fromarray(sl).save(tmp_path / f"{i}.png")
+    assert read_image(tmp_path).array[:, 0, 0].tolist() == list(range(12))
+
+
 def test_tiff_and_npy(tmp_path):
     import tifffile
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -565,10 +566,16 @@ def _read_pil(path: Path, notes: list[str]) -> np.ndarray:
         return np.asarray(im)
 
 
+def natural_key(path: Path) -> list:
+    """Sort key of a file name with its runs of digits compared as numbers (slice_2 before slice_10)."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", path.name)]
+
+
 def read_raster_stack(folder: Path, files: list[Path]) -> Image:
-    """A folder of 2-D PNG/TIFF/JPEG slices (serial-section EM, exported stacks) as one (z, y, x) volume, in file-name
-    order. Every slice must have the same shape and dtype."""
-    files = sorted(files)
+    """A folder of 2-D PNG/TIFF/JPEG slices (serial-section EM, exported stacks) as one (z, y, x) volume, in natural
+    file-name order (2.png before 10.png: the ISBI 2012 stack is 0.png … 29.png, and a text sort put 10–19 between 1
+    and 2). Every slice must have the same shape and dtype."""
+    files = sorted(files, key=natural_key)
     slices = [read_raster(f).array for f in files]
     for f, a in zip(files, slices):
         if a.shape != slices[0].shape or a.dtype != slices[0].dtype:
