@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python experiments/codecs2d_budget.py --minutes 3
 	$(BIN)/python experiments/analysis_auroc.py
 	$(BIN)/python experiments/scale.py --learned siren:75,150,300 unicompress:75@256 --fit-steps 20
+	$(BIN)/python experiments/inr_decode_speed.py
 
 # One prepared check for a machine with a GPU (issue 34): experiments/results/gpu_check.json. `--dry-run` runs its
 # CPU-side parts anywhere (every config composed, every flag parsed, inputs prepared small).

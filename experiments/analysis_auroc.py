@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medcomp.bench import earlier_result, machine, shared_data
-from medcomp.utils.atomic import atomic_path, atomic_write_text
+from medcomp.bench import earlier_result, machine, save_figure, shared_data
+from medcomp.utils.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -283,10 +283,7 @@ def plot(rows: dict, tests: dict, args, path: Path) -> None:
     b.legend(loc="upper right", fontsize=8)
     fig.suptitle(f"Kermany test split, {len(args.seeds)} seeds ({args.teacher_epochs} teacher / {args.epochs} "
                  f"student epochs, CPU); p-values: paired bootstrap over the 624 test images", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 # ── the loop ──────────────────────────────────────────────────────────────────────────────────────────────────────

@@ -36,6 +36,7 @@ from medcomp.bench import (
     machine,
     rd_curves,
     rd_points,
+    save_figure,
     shared_data,
     shared_data_or_exit,
     xray_eval_images,
@@ -47,7 +48,7 @@ from medcomp.models.cal_vae import CalVAE, optimiser_groups
 from medcomp.models.codec2d import normalise, pad_plane
 from medcomp.models.rnn_conv import RNNConv
 from medcomp.target import Target, fit_to_budget
-from medcomp.utils.atomic import atomic_path, atomic_write_text
+from medcomp.utils.atomic import atomic_write_text
 
 with warnings.catch_warnings():  # compressai 1.2.8 scripts a helper with torch.jit, deprecated in torch 2.14
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
@@ -302,10 +303,7 @@ def plot(result: dict, path: Path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.suptitle(f"{result['name']}: learned codecs at equal training budget (same harness, data, crops)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

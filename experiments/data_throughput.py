@@ -19,11 +19,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from medcomp.bench import machine, shared_data_or_exit
+from medcomp.bench import machine, save_figure, shared_data_or_exit
 from medcomp.data.blocks import plan_blocks, split_blocks
 from medcomp.data.catalogue import list_cases
 from medcomp.data.catalogue_datamodule import case_transforms, monai_dataset
-from medcomp.utils.atomic import atomic_path, atomic_write_text
+from medcomp.utils.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,10 +92,7 @@ def main(argv=None):
     ax.set(ylabel=f"blocks/s ({'×'.join(map(str, args.block_size))})", yscale="log",
            title="3 real CT volumes → blocks, 1 process")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(out / "data_throughput.png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    save_figure(fig, out / "data_throughput.png", dpi=110)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale import SERIES, make_volume, timed  # noqa: E402  (the same volume and process timing as scale.py)
 
-from medcomp.bench import machine  # noqa: E402
-from medcomp.utils.atomic import atomic_path, atomic_write_text  # noqa: E402
+from medcomp.bench import machine, save_figure  # noqa: E402
+from medcomp.utils.atomic import atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {"unicompress": 256.0, "siren": 10.0}  # the ratios scale.py measures them at
@@ -130,10 +130,7 @@ def plot(result: dict, path: Path) -> None:
     ax2.set_ylabel("GFLOP/s (float32)")
     ax2.legend(fontsize=8)
     fig.suptitle(f"INR decode speed ({result['machine']['cpus']} CPU cores, {result['date'][:10]})")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> int:

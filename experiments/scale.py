@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from medcomp.bench import add_device_options, machine
+from medcomp.bench import add_device_options, machine, save_figure
 from medcomp.data.readers import read_image
 from medcomp.data.writers import write_image
-from medcomp.utils.atomic import atomic_path, atomic_write_text
+from medcomp.utils.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SERIES = ROOT.parent / "shared" / "data" / "ct" / "abdomen_ct_dicom_series"
@@ -121,10 +121,7 @@ def plot(result: dict, path: Path) -> None:
     axes[1].legend(fontsize=7)
     fig.suptitle(f"medcomp at clinical size — {result['machine']['processor']}, {result['machine']['cpus']} CPUs, "
                  f"{result['date'][:10]}")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> int:

@@ -42,6 +42,7 @@ from medcomp.bench import (
     earlier_result,
     machine,
     plot_rd,
+    save_figure,
     shared_data,
     shared_data_or_exit,
 )
@@ -55,7 +56,7 @@ from medcomp.evaluation import evaluate
 from medcomp.fitting import fit
 from medcomp.metrics.quality import psnr
 from medcomp.target import Target
-from medcomp.utils.atomic import atomic_path, atomic_write_text
+from medcomp.utils.atomic import atomic_write_text
 from medcomp.utils.devices import computing_on, resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,10 +275,7 @@ def plot_traces(results: dict, path: Path) -> None:
         ax.set_ylabel("PSNR of the file (dB)")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def kd_gain(rows: list[dict], ratio: float) -> dict:

@@ -217,7 +217,14 @@ def plot_rd(groups: dict[str, dict], path: Path, title: str, x: str = "bpp", met
                 ax.set_title(group, fontsize=10)
         row[0].legend(fontsize=8)
     fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> None:
+    """A benchmark's plot: laid out, written whole or not at all (atomic), and closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=dpi, format="png")
     plt.close(fig)
