@@ -18,7 +18,8 @@ BUILDS = {"model": "model", "experiment": "model", "data": "data", "trainer": "t
 PAIRED = {"images": ["model=cal_vae", "data.train=[pydicom-data:CT_small.dcm]", "data.eval=[pydicom-data:CT_small.dcm]"],
           "codec_train": ["model=cal_vae"], "sample_2d": ["model=cal_vae"],
           "pretrain_blocks_2d": ["model=feature_pretrain"], "pretrain_blocks_3d": ["model=feature_pretrain"],
-          "pneumoniamnist": ["model=mlcak"], "gpu": ["trainer.accelerator=cpu"],
+          "pneumoniamnist": ["model=mlcak"], "unicompress_prior": ["data=prior_ct"],
+          **{f"prior_{k}": ["model=unicompress_prior"] for k in ("ct", "em", "2d")}, "gpu": ["trainer.accelerator=cpu"],
           "fsdp": ["trainer.accelerator=cpu", "trainer.devices=2"], "multinode": ["trainer.accelerator=cpu"]}
 NEEDS_TEACHER = {"ct_lite_fast", "mlcak_kd"}  # distillation configs refuse to build without a teacher checkpoint
 

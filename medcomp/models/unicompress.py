@@ -25,6 +25,7 @@ from medcomp.data.blocks import BlockLayout, assemble_blocks
 from medcomp.data.image import Image
 from medcomp.errors import CorruptFileError, MedcompError
 from medcomp.models.built_in_setup import BuiltInSetup
+from medcomp.models.unicompress_prior import Prior, covering_range, prior_for, prior_named
 from medcomp.nn.fusion import AttentionFusion
 from medcomp.nn.pretrained import load_extractor
 from medcomp.nn.siren import (
@@ -32,6 +33,7 @@ from medcomp.nn.siren import (
     BatchedSiren,
     block_coordinates,
     evaluate_in_pieces,
+    siren_param_count,
     siren_shapes,
     width_for_budget,
 )
@@ -71,12 +73,16 @@ def unicompress_container(image: Image, layout: BlockLayout, value_range, width:
                           code_dim: int, weight_top: int, codebook_bits: int, siren_params: list[np.ndarray],
                           codebook: np.ndarray, indices: np.ndarray, codec: str = "unicompress",
                           coordinates: str = "block", w0_hidden: float | None = None, groups: int = 1,
-                          deblock: int = 0) -> Container:
+                          deblock: int = 0, prior: Prior | None = None) -> Container:
     """Quantise and pack everything the decoder needs. Only the codewords some block uses are stored.
 
     ``groups``: SIRENs in the file, each for an equal run of consecutive blocks (raster order). Written to the header
-    only when > 1, so one-network files keep the bytes they had before the option existed."""
+    only when > 1, so one-network files keep the bytes they had before the option existed.
+    ``prior``: the file stores Δ = weights − prior (every group's network from the same prior) and names the prior by
+    id and sha256; the decoder adds the installed prior back (medcomp.models.unicompress_prior.prior_named)."""
     used, remapped = np.unique(indices, return_inverse=True)
+    if prior is not None:
+        siren_params = [w - p for w, p in zip(siren_params, prior.params)]
     w_ints, w_scales = quantize(siren_params, weight_top)
     c_ints, c_scales = quantize([codebook[used]], top_for_bits(codebook_bits))
     header = {**image_header(image), "layout": layout.to_dict(), "range": [float(v) for v in value_range],
@@ -86,6 +92,8 @@ def unicompress_container(image: Image, layout: BlockLayout, value_range, width:
               "deblock": deblock}
     if groups > 1:
         header["groups"] = groups
+    if prior is not None:
+        header["prior"] = {"id": prior.id, "sha256": prior.sha256}
     sections = {"w": pack_symbols(w_ints), "ws": w_scales.astype("<f4").tobytes(), "cb": pack_symbols(c_ints),
                 "cs": c_scales.astype("<f4").tobytes(), "idx": pack_symbols(remapped)}
     return Container(codec, header, sections)
@@ -105,6 +113,12 @@ def decode_unicompress(container: Container, chunk_points: int | None = None) ->
         raise CorruptFileError(f"corrupt .mcz: {groups!r} SIREN groups do not divide {n} blocks")
     shapes = siren_shapes(h["width"], h["depth"], in_dim, n_nets=groups)
     params = dequantize(unpack_symbols(container.sections["w"]), np.frombuffer(container.sections["ws"], "<f4"), shapes)
+    if "prior" in h:  # the file holds Δ from a shipped prior
+        prior = prior_named(h["prior"])
+        if not prior.matches(h["width"], h["depth"], in_dim):
+            raise CorruptFileError(f"corrupt .mcz: its network ({h['width']} wide, {h['depth']} deep, {in_dim} inputs) "
+                                   f"is not the shape of prior {prior.id!r}")
+        params = [d + p for d, p in zip(params, prior.params)]
     codebook = dequantize(unpack_symbols(container.sections["cb"]), np.frombuffer(container.sections["cs"], "<f4"),
                           [(h["n_codes"], h["code_dim"])])[0]
     idx = unpack_symbols(container.sections["idx"])
@@ -160,6 +174,15 @@ def split_width(params: float, depth: int, in_dim: int, n_blocks: int, max_width
     return best
 
 
+def groups_for_prior(bytes_for_weights: float, prior: Prior, bits_per_weight: float, n_blocks: int) -> int:
+    """Networks of the prior's shape that ``bytes_for_weights`` holds at ``bits_per_weight`` (Δ's entropy-coded
+    cost the fit plans with; the levels then fill the file exactly): the largest divisor of ``n_blocks`` not above
+    that count, at least one."""
+    r = prior.record
+    fits = bytes_for_weights * 8 / bits_per_weight / siren_param_count(r["width"], r["depth"], r["in_dim"])
+    return max([g for g in range(1, n_blocks + 1) if n_blocks % g == 0 and g <= fits] or [1])
+
+
 class UniCompress(BuiltInSetup, L.LightningModule):
     """The teacher: every image of the data module gets one SIREN + codebook; the fusion encoder is shared."""
 
@@ -171,7 +194,8 @@ class UniCompress(BuiltInSetup, L.LightningModule):
                  codebook_size: int = 256, max_codebook_fraction: float = 0.35, weight_bits_min: int = 8,
                  weight_bits_max: int = 16, codebook_bits: int = 8, freeze_codes_at: float = 0.75,
                  lr_reference_width: int = 20, coordinates: str = "image", collapse_check_every: int = 10,
-                 max_width: int | None = None,
+                 max_width: int | None = None, prior: str | None = "none", delta: bool = True,
+                 prior_bits: float = 8.0, prior_bits_min: float = 6.0,
                  d_model: int = 64, heads: int = 4,
                  beta: float = 0.25, parts: list[str] = PARTS, extractor_ckpt: str | None = "auto",
                  fit_steps: int = 1500, target: Target | None = None):
@@ -188,6 +212,7 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         self.quantizers = torch.nn.ModuleList()
         self.widths: list[int] = []
         self.groups: list[int] = []  # per image: SIRENs, each for an equal run of consecutive blocks
+        self.priors: list[Prior | None] = []  # per image: the shipped prior its networks start from (model.prior)
         # per image: sd of the SIREN's output ÷ sd of the values at the last step (a buffer: it lives on the device)
         self.register_buffer("output_spread", torch.zeros(0), persistent=False)
         self.fusion = None
@@ -209,8 +234,11 @@ class UniCompress(BuiltInSetup, L.LightningModule):
             log.info("codebook %d → %d entries to fit %.0f bytes", hp.codebook_size, k, budget)
         return k
 
-    def _solve_width(self, image, layout, k: int) -> tuple[int, int]:
-        """(width, groups): the SIREN width that the byte target leaves, and into how many networks it is split."""
+    def _solve_width(self, image, layout, k: int, prior: Prior | None = None) -> tuple[int, int, Prior | None]:
+        """(width, groups, prior): the SIREN width that the byte target leaves, into how many networks it is split,
+        and the prior the fit starts from. With a prior the width is the prior's and the budget sets the number of
+        networks; a budget that cannot hold one network of the prior's at ``prior_bits`` a weight gets the paper's
+        start under ``prior=auto`` (logged) and an error for a named prior."""
         hp = self.hparams
         budget = self.target.target_bytes(image)
         in_dim = len(layout.block) + hp.code_dim
@@ -219,12 +247,23 @@ class UniCompress(BuiltInSetup, L.LightningModule):
                                       [np.zeros(s, np.float32) for s in siren_shapes(2, hp.depth, in_dim)],
                                       np.zeros((k, hp.code_dim), np.float32), np.arange(layout.n_blocks) % k)
         fixed = len(probe.to_bytes()) + math.ceil(k * hp.code_dim * hp.codebook_bits / 8)
+        if prior is not None:
+            r = prior.record
+            need = siren_param_count(r["width"], r["depth"], r["in_dim"]) * hp.prior_bits_min / 8
+            if need <= budget - fixed:
+                return r["width"], groups_for_prior(budget - fixed, prior, hp.prior_bits, layout.n_blocks), prior
+            message = (f"{image.name}: the {prior.id} prior's {r['width']}-wide SIREN needs {need:.0f} bytes at "
+                       f"{hp.prior_bits_min:g} bits a weight; target {self.target.describe()} leaves {budget - fixed:.0f}")
+            if hp.prior != "auto":
+                raise MedcompError(message)
+            log.warning("unicompress: %s: random start", message)
+            prior = None
         params = (budget - fixed) / (hp.weight_bits_min / 8)  # worst case: no entropy-coding gain
         width = width_for_budget(params, hp.depth, in_dim)
         if width < 2:
             raise MedcompError(f"{image.name}: target {self.target.describe()} ({budget:.0f} bytes) leaves no room for "
                                f"the shared SIREN after {fixed} bytes of codebook, indices and header")
-        return split_width(params, hp.depth, in_dim, layout.n_blocks, hp.max_width)
+        return *split_width(params, hp.depth, in_dim, layout.n_blocks, hp.max_width), None
 
     def setup(self, stage=None):
         if len(self.sirens):
@@ -239,10 +278,14 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         extractor = self._build_extractor(dims.pop()).to(device or "cpu")
         for i, (image, layout, blocks) in enumerate(zip(dm.images, dm.layouts, dm.blocks)):
             k = self._codebook_size(self.target.target_bytes(image), layout.n_blocks)
-            width, groups = self._solve_width(image, layout, k)
+            width, groups, prior = self._solve_width(image, layout, k, self._prior_for(image, len(layout.block) + hp.code_dim))
+            if prior is not None:
+                self._renormalise(i, covering_range(image.array, prior.fixed_range))
             self.widths.append(width)
             self.groups.append(groups)
-            self.sirens.append(BatchedSiren(groups, len(layout.block) + hp.code_dim, width, hp.depth, 1, hp.w0,
+            self.priors.append(prior)
+            self.sirens.append(prior.network(groups) if prior is not None else
+                               BatchedSiren(groups, len(layout.block) + hp.code_dim, width, hp.depth, 1, hp.w0,
                                             hp.w0_hidden))
             self.quantizers.append(VectorQuantizer(k, hp.code_dim, hp.beta))
             local, corners = block_coordinates(layout, hp.coordinates)
@@ -258,8 +301,31 @@ class UniCompress(BuiltInSetup, L.LightningModule):
             self.register_buffer(f"tokens_{i}", tokens, persistent=False)
         self.fusion = AttentionFusion(len(self.parts), extractor.n_tokens, extractor.out_dim, hp.d_model, hp.heads,
                                       hp.code_dim)
-        log.info("unicompress: SIREN widths %s (groups %s), extractor %s", self.widths, self.groups,
-                 self.extractor_source)
+        log.info("unicompress: SIREN widths %s (groups %s), extractor %s, prior %s", self.widths, self.groups,
+                 self.extractor_source, [p.id if p else None for p in self.priors])
+
+    def _prior_for(self, image, in_dim: int) -> Prior | None:
+        """model.prior for this image; a shipped prior of another network shape is a logged fallback under auto."""
+        hp = self.hparams
+        prior = prior_for(image, hp.prior)
+        if prior is None or prior.matches(prior.record["width"], hp.depth, in_dim):
+            return prior
+        message = (f"prior {prior.path} is for a depth-{prior.record['depth']} SIREN of {prior.record['in_dim']} inputs; "
+                   f"this fit has depth {hp.depth} and {in_dim} inputs")
+        if hp.prior != "auto":
+            raise MedcompError(message)
+        log.warning("unicompress: %s: random start", message)
+        return None
+
+    def _renormalise(self, i: int, value_range: tuple[float, float]) -> None:
+        """Image i's blocks (in [−1, 1] over the image's min/max) re-mapped in place to ``value_range``: the prior's
+        fixed window (CT in HU), so that images of one kind reach the network on one scale."""
+        dm = self.data
+        lo, hi = (float(v) for v in dm.block_ranges[i][0])
+        new_lo, new_hi = value_range
+        scale = (hi - lo) / (new_hi - new_lo)  # x → ((x + 1) (hi − lo) / 2 + lo − new_lo) / (new_hi − new_lo) · 2 − 1
+        dm.blocks[i].mul_(scale).add_(scale + 2 * (lo - new_lo) / (new_hi - new_lo) - 1)
+        dm.block_ranges[i][:] = np.array([new_lo, new_hi], dtype=np.float32)
 
     # --- training --------------------------------------------------------------------------------------------
 
@@ -269,6 +335,7 @@ class UniCompress(BuiltInSetup, L.LightningModule):
     def describe(self) -> dict:
         """What metrics.json records about the fitted model."""
         return {"inr_parameters": self.inr_parameters(), "widths": list(self.widths), "groups": list(self.groups),
+                "priors": [f"{p.id} ({p.sha256[:12]})" if p else None for p in self.priors],
                 "codebook_sizes": [int(q.codebook.shape[0]) for q in self.quantizers], "extractor": self.extractor_source}
 
     def codes(self, i: int):
@@ -340,7 +407,7 @@ class UniCompress(BuiltInSetup, L.LightningModule):
             if spread < floor and net.w0_hidden / 2 >= min_w0_hidden:
                 log.warning("unicompress: image %d's SIREN output collapsed at step %d (sd %.3f of the data's); "
                             "restarted with hidden w0 %g", i, step, spread, net.w0_hidden / 2)
-                net.reset_parameters(w0_hidden=net.w0_hidden / 2)
+                net.reset_parameters(w0_hidden=net.w0_hidden / 2)  # with a prior too: its file still codes Δ from it
                 same_on_every_rank(net.parameters())
                 for p in net.parameters():
                     opt.state.pop(p, None)  # Adam re-initialises its moments for these
@@ -371,21 +438,26 @@ class UniCompress(BuiltInSetup, L.LightningModule):
 
     # --- writing the file ------------------------------------------------------------------------------------
 
-    def container_within_budget(self, image, layout, value_range, width, siren, codebook, idx) -> Container:
+    def container_within_budget(self, image, layout, value_range, width, siren, codebook, idx,
+                                prior: Prior | None = None) -> Container:
         """The file with the most weight levels, between weight_bits_min and weight_bits_max bits, that meets the
         target: the width is solved for weight_bits_min without entropy coding, and the levels fill what is left.
-        Its header carries the deblocking strength that suits it best (medcomp.codecs.deblock)."""
+        With a prior the width is fixed and the levels (of Δ under model.delta, else of the weights) go down to 3:
+        they are the rate knob. Its header carries the deblocking strength that suits it best (medcomp.codecs.deblock)."""
         hp = self.hparams
+        delta_prior = prior if prior is not None and hp.delta else None
+        # with a prior, the levels go down to 3 (one bit-depth setting, min = max, still fixes them: export-loss probes)
+        fixed_depth = hp.weight_bits_min == hp.weight_bits_max
+        lowest = 1 if prior is not None and not fixed_depth else top_for_bits(hp.weight_bits_min)
         params = [t.detach().cpu().numpy() for pair in zip(siren.weights, siren.biases) for t in pair]
         codebook, idx = codebook.detach().cpu().numpy(), idx.detach().cpu().numpy()
 
         def build(top):
-            return unicompress_container(image, layout, value_range, width, hp.depth, hp.w0, hp.code_dim, top,
+            return unicompress_container(image, layout, value_range, width, hp.depth, siren.w0, hp.code_dim, top,
                                          hp.codebook_bits, params, codebook, idx, self.codec_name, hp.coordinates,
-                                         siren.w0_hidden, siren.weights[0].shape[0])
+                                         siren.w0_hidden, siren.weights[0].shape[0], prior=delta_prior)
 
-        container = fill_budget(build, self.target.target_bytes(image), top_for_bits(hp.weight_bits_min),
-                                top_for_bits(hp.weight_bits_max))
+        container = fill_budget(build, self.target.target_bytes(image), lowest, top_for_bits(hp.weight_bits_max))
         return signal_best_strength(container, image.array, layout, decode_unicompress)
 
     def as_codec(self) -> Codec:
@@ -402,6 +474,6 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         for i, (image, layout, ranges) in enumerate(zip(dm.images, dm.layouts, dm.block_ranges)):
             _, _, idx, _ = self.codes(i)
             out.append(self.container_within_budget(image, layout, ranges[0], self.widths[i], self.sirens[i],
-                                                    self.quantizers[i].codebook, idx))
+                                                    self.quantizers[i].codebook, idx, self.priors[i]))
         return out
 

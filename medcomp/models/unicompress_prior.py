@@ -1,0 +1,431 @@
+"""A learned starting network for UniCompress (issue 37): a SIREN initialisation meta-learned over many images of one
+kind, shipped with the package, so that a short fit starts near the answer and the file stores only what the fit
+changed (Δ = weights − prior; medcomp.models.unicompress).
+
+Meta-learning is Reptile (Nichol et al. 2018), first-order: an inner loop fits a copy of the prior to one random crop
+of a training image for ``inner_steps`` Adam steps — coordinates in the frame of an image of the kind's usual size
+(``frame``), each block of the crop with its own learned code, as in a UniCompress fit — and the outer step moves the
+prior toward the fitted weights. Written here rather than taken from a library: learn2learn / higher wrap a
+``nn.Module`` per task, while the whole inner loop is a dozen lines on a BatchedSiren.
+
+    python run.py model=unicompress_prior data=prior_ct     # → medcomp/assets/unicompress_prior_ct3d.npz
+
+A prior file (.npz) holds the network's tensors and a JSON record: architecture, normalisation, and provenance
+(training files with their sha256 and licence, the command, CPU minutes, steps).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medcomp.errors import CorruptFileError, MedcompError
+from medcomp.nn.siren import BatchedSiren, siren_shapes
+
+log = logging.getLogger("medcomp")
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+KINDS = ("ct3d", "em3d", "2d")
+# Fixed intensity windows that make images of one kind reach the network on one scale (the range used is this window
+# widened to the image's own min/max, so nothing is clipped): CT in HU, 8-bit microscopy in grey levels. 2-D images
+# mix modalities of arbitrary units (MR, CR of 10–15 bits): min–max of the image.
+FIXED_RANGES = {"ct3d": (-1024.0, 3071.0), "em3d": (0.0, 255.0), "2d": None}
+
+
+def image_kind(image) -> str | None:
+    """The prior kind of an image: 2-D slices and radiographs; 3-D CT in HU (modality CT, or signed integers reaching
+    below −500 — air in HU); 3-D 8-bit volumes (EM, microscopy). None: no prior applies."""
+    a = image.array
+    if a.ndim == 2:
+        return "2d"
+    if a.ndim != 3:
+        return None
+    if a.dtype == np.uint8:
+        return "em3d"
+    if image.modality == "CT" or (np.issubdtype(a.dtype, np.signedinteger) and float(a.min()) < -500):
+        return "ct3d"
+    return None
+
+
+def covering_range(array, fixed) -> tuple[float, float]:
+    """``fixed`` (lo, hi) widened to cover the array's own values; the array's min/max when ``fixed`` is None."""
+    lo, hi = float(array.min()), float(array.max())
+    return (lo, hi) if fixed is None else (min(lo, fixed[0]), max(hi, fixed[1]))
+
+
+@dataclass
+class Prior:
+    """A shipped starting network: one SIREN's tensors (file order of siren_shapes, first dim 1) and its record."""
+
+    record: dict
+    params: list[np.ndarray]
+    sha256: str = ""
+    path: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.record["id"]
+
+    @property
+    def fixed_range(self):
+        r = self.record.get("fixed_range")
+        return None if r is None else (float(r[0]), float(r[1]))
+
+    def matches(self, width: int, depth: int, in_dim: int) -> bool:
+        r = self.record
+        return (r["width"], r["depth"], r["in_dim"]) == (width, depth, in_dim)
+
+    def network(self, n_nets: int) -> BatchedSiren:
+        """A BatchedSiren of ``n_nets`` networks, each starting at the prior."""
+        r = self.record
+        net = BatchedSiren(n_nets, r["in_dim"], r["width"], r["depth"], 1, r["w0"], r["w0_hidden"])
+        with torch.no_grad():
+            for p, v in zip([q for pair in zip(net.weights, net.biases) for q in pair], self.params):
+                p.copy_(torch.from_numpy(v).expand_as(p))
+        return net
+
+
+def save_prior(path: Path, record: dict, net: BatchedSiren) -> str:
+    """Write the prior file (atomic); returns its sha256 (the id files name it by)."""
+    from medcomp.utils.atomic import atomic_write_bytes
+
+    arrays = {f"t{i}": t.detach().cpu().numpy()[:1].astype(np.float32)
+              for i, t in enumerate(q for pair in zip(net.weights, net.biases) for q in pair)}
+    buf = io.BytesIO()
+    np.savez(buf, record=np.frombuffer(json.dumps(record, sort_keys=True).encode(), dtype=np.uint8), **arrays)
+    data = buf.getvalue()
+    atomic_write_bytes(Path(path), data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def default_prior_path(prior_id: str) -> Path:
+    """Where the prior ``prior_id`` is installed: the package's assets, or $MEDCOMP_PRIOR_DIR (a prior you trained)."""
+    return Path(os.environ.get("MEDCOMP_PRIOR_DIR") or ASSETS) / f"unicompress_prior_{prior_id}.npz"
+
+
+@lru_cache(maxsize=8)
+def _read_prior(path: str, mtime: float) -> Prior:
+    data = Path(path).read_bytes()
+    try:
+        z = np.load(io.BytesIO(data), allow_pickle=False)
+        record = json.loads(bytes(z["record"]).decode())
+        params = [z[f"t{i}"] for i in range(2 * record["depth"])]
+        shapes = siren_shapes(record["width"], record["depth"], record["in_dim"])
+    except Exception as exc:  # noqa: BLE001 — any unreadable file is one message
+        raise MedcompError(f"{path}: not a UniCompress prior file ({exc})") from None
+    if [p.shape for p in params] != [tuple(s) for s in shapes]:
+        raise MedcompError(f"{path}: prior tensors do not match the network its record describes")
+    return Prior(record, params, hashlib.sha256(data).hexdigest(), path)
+
+
+def load_prior(path) -> Prior:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise MedcompError(f"{p}: UniCompress prior not found")
+    return _read_prior(str(p), p.stat().st_mtime)
+
+
+def prior_for(image, setting: str | None) -> Prior | None:
+    """The prior a fit of ``image`` starts from. ``setting``: "none" (the paper's random start), "auto" (the shipped
+    prior of the image's kind; a missing one is a logged fallback to the random start), or a path to a prior file."""
+    if setting is None or str(setting).lower() == "none":
+        return None
+    if str(setting) != "auto":
+        return load_prior(setting)
+    kind = image_kind(image)
+    if kind is None:
+        log.info("unicompress: no prior for %s (%d-D %s): random start", image.name, image.ndim, image.array.dtype)
+        return None
+    path = default_prior_path(kind)
+    if not path.is_file():
+        log.warning("unicompress: no %s prior shipped at %s; random start (train one with model=unicompress_prior)",
+                    kind, path)
+        return None
+    return load_prior(path)
+
+
+def prior_named(header_prior: dict) -> Prior:
+    """The prior a file's header names (id and sha256), from the package: a missing or different one is an error."""
+    try:
+        prior_id, sha = str(header_prior["id"]), str(header_prior["sha256"])
+    except (TypeError, KeyError):
+        raise CorruptFileError(f"corrupt .mcz: prior entry {header_prior!r} lacks an id and sha256") from None
+    if prior_id not in KINDS:
+        raise CorruptFileError(f"corrupt .mcz: unknown prior id {prior_id!r}")
+    path = default_prior_path(prior_id)
+    if not path.is_file():
+        raise MedcompError(f".mcz needs the UniCompress prior '{prior_id}' (sha256 {sha[:12]}…), which is not at {path} "
+                           "(set MEDCOMP_PRIOR_DIR to the folder that holds it)")
+    prior = load_prior(path)
+    if prior.sha256 != sha:
+        raise MedcompError(f".mcz was written with another UniCompress prior '{prior_id}' (sha256 {sha[:12]}…) than "
+                           f"the installed one ({prior.sha256[:12]}…): decode it with the medcomp version that wrote it")
+    return prior
+
+
+# --- meta-learning ---------------------------------------------------------------------------------------------
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+class PriorCropsDataModule(L.LightningDataModule):
+    """Random crops of the training images of one prior kind: each image normalised by the kind's window
+    (:data:`FIXED_RANGES`), kept at every downscale factor of ``scales`` (area averaging: one kind seen at several
+    voxel sizes), and cropped to ``crop`` (smaller images are taken whole). ``frame`` and ``block`` say how a fit of
+    this kind lays out its coordinates (the model reads them from here, one place per kind)."""
+
+    def __init__(self, kind: str, files: list[dict], crop: list[int], scales: list[list[int]] = ((1, 1, 1),),
+                 frame: list[int] | None = None, block: list[int] | None = None, steps_per_epoch: int = 50,
+                 seed: int = 0):
+        super().__init__()
+        if kind not in KINDS:
+            raise MedcompError(f"data.kind must be one of {list(KINDS)}, got {kind!r}")
+        self.kind, self.files, self.crop = kind, [dict(f) for f in files], tuple(crop)
+        self.scales, self.steps, self.seed = [tuple(s) for s in scales], steps_per_epoch, seed
+        self.frame, self.block = frame, block
+        self.images: list[torch.Tensor] = []
+
+    def resolve(self, entry: dict) -> Path:
+        from medcomp.data.block_datamodules import sample_files
+
+        if entry.get("sample"):
+            return sample_files([entry["sample"]])[0]
+        return Path(str(entry["path"])).expanduser()
+
+    def setup(self, stage=None):
+        if self.images:
+            return
+        from medcomp.data.image import to_unit
+        from medcomp.data.readers import read_image
+
+        for entry in self.files:
+            path = self.resolve(entry)
+            image = read_image(path)
+            a = image.array
+            if a.ndim != len(self.crop):
+                raise MedcompError(f"{path}: a {a.ndim}-D image in a {len(self.crop)}-D prior's training list")
+            lo, hi = covering_range(a, FIXED_RANGES[self.kind])
+            unit = torch.from_numpy(to_unit(a.astype(np.float64), lo, hi, signed=True).astype(np.float32))
+            for s in self.scales:
+                s = s[-a.ndim :]
+                x = unit[None, None]
+                if any(f > 1 for f in s):
+                    pool = F.avg_pool3d if a.ndim == 3 else F.avg_pool2d
+                    x = pool(x, kernel_size=tuple(s), stride=tuple(s))
+                if all(n >= 4 for n in x.shape[2:]):
+                    self.images.append(x[0, 0].contiguous())
+        if not self.images:
+            raise MedcompError(f"prior {self.kind}: no training image could be read")
+
+    def provenance(self) -> list[dict]:
+        out = []
+        for entry in self.files:
+            path = self.resolve(entry)
+            out.append({"file": entry.get("sample") or str(entry["path"]), "sha256": sha256_of(path),
+                        "licence": entry.get("licence", "")})
+        return out
+
+    def check_crops(self, n: int) -> list[torch.Tensor]:
+        """``n`` fixed crops of the training images (one seed every time) that the meta-learning keeps its best
+        prior by."""
+        crops = _PriorCrops(self.images, self.crop, n, seed=2**31 - 1)
+        return [crops[i] for i in range(n)]
+
+    def train_dataloader(self):
+        from medcomp.utils.distributed import trainer_rank
+
+        return torch.utils.data.DataLoader(_PriorCrops(self.images, self.crop, self.steps,
+                                                       self.seed + 1_000_003 * trainer_rank(self.trainer)),
+                                           batch_size=None, num_workers=0)
+
+
+class _PriorCrops(torch.utils.data.Dataset):
+    def __init__(self, images, crop, length, seed):
+        self.images, self.crop, self.length = images, crop, length
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, _):
+        v = self.images[int(torch.randint(len(self.images), (1,), generator=self.gen))]
+        size = [min(c, s) for c, s in zip(self.crop, v.shape)]
+        start = [int(torch.randint(s - c + 1, (1,), generator=self.gen)) for s, c in zip(v.shape, size)]
+        return v[tuple(slice(a, a + c) for a, c in zip(start, size))].contiguous()
+
+
+class UniCompressPrior(L.LightningModule):
+    """Reptile over crops: one training step = one inner fit of a copy of the prior + one outer step.
+
+    ``frame_size``: the padded size of the images this kind is fitted at (UniCompress maps the whole padded image to
+    [−1, 1]); a crop sits at a random place of that frame, so the prior sees the coordinates and frequencies a fit
+    will. ``block``: UniCompress's block shape; each block of the crop gets a code of ``code_dim`` values, learned in
+    the inner loop (the fit's codes come from its codebook; the prior learns to read code inputs)."""
+
+    automatic_optimization = False
+
+    def __init__(self, kind: str = "ct3d", width: int = 64, depth: int = 4, w0: float = 60.0,
+                 w0_hidden: float | None = None, code_dim: int = 8, frame_size: list[int] = (128, 128, 128),
+                 block: list[int] = (32, 32, 32), inner_steps: int = 50, inner_lr: float = 5e-3,
+                 lr_reference_width: int = 20, code_lr: float = 5e-3, code_init: float = 0.5,
+                 points: int = 8192, outer_lr: float = 0.1, outer_lr_final: float = 0.01, fit_steps: int = 600,
+                 check_every: int = 25, check_crops: int = 4, save_to: str | None = None, target=None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["target"])
+        if kind not in KINDS:
+            raise MedcompError(f"model.kind must be one of {list(KINDS)}, got {kind!r}")
+        self.net = BatchedSiren(1, len(frame_size) + code_dim, width, depth, 1, w0, w0_hidden)
+        self.started = time.process_time()
+        # CPU seconds over all sittings and all ranks, counted at every step (a sum over ranks: equal on each)
+        self.register_buffer("cpu_s", torch.zeros((), dtype=torch.float64))
+        # The prior that fitted the check crops best so far, and that score (the prior exported): Reptile's average
+        # of incompatible fits drifts — the output layer shrinks toward a constant while the hidden weights grow
+        # (CT, outer lr 0.1: inner-fit PSNR 29 dB at step 20, 19 dB by step 300) — so the kept prior is chosen on
+        # crops of the training images, never on an evaluation image.
+        self.best = BatchedSiren(1, len(frame_size) + code_dim, width, depth, 1, w0, w0_hidden).requires_grad_(False)
+        self.register_buffer("best_psnr", torch.tensor(float("-inf"), dtype=torch.float64))
+        self.register_buffer("best_step", torch.tensor(-1))
+
+    def inner_lr_for_width(self) -> float:
+        hp = self.hparams  # UniCompress.siren_lr: what the fit will use
+        return hp.inner_lr * min(1.0, math.sqrt(hp.lr_reference_width / hp.width))
+
+    def crop_coordinates(self, shape, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(coordinates (V, d) of every voxel of a crop placed at random in the frame, block id (V,) of each)."""
+        hp = self.hparams
+        axes, ids = [], []
+        for n, f, b in zip(shape, hp.frame_size, hp.block):
+            step = 2.0 / (f - 1)
+            offset = int(torch.randint(max(1, f - n + 1), (1,), generator=generator))
+            axes.append(-1.0 + step * (offset + torch.arange(n, dtype=torch.float32)))
+            ids.append(torch.arange(n) // b)
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(shape))
+        counts = [int(i.max()) + 1 for i in ids]
+        block_id = torch.zeros(grid.shape[0], dtype=torch.long)
+        for i, m in zip(torch.meshgrid(*ids, indexing="ij"), [int(np.prod(counts[k + 1 :])) for k in range(len(counts))]):
+            block_id += i.reshape(-1) * m
+        return grid, block_id, int(np.prod(counts))
+
+    def inner_fit(self, crop: torch.Tensor, generator: torch.Generator) -> tuple[list[torch.Tensor], float, float]:
+        """Fit a copy of the prior to ``crop``; returns (fitted tensors, MSE at the first step, at the last)."""
+        hp = self.hparams
+        coords, block_id, n_blocks = self.crop_coordinates(crop.shape, generator)
+        coords, block_id = coords.to(crop.device), block_id.to(crop.device)
+        values = crop.reshape(-1)
+        fast = [p.detach().clone().requires_grad_(True) for p in self.net.parameters()]
+        codes = (torch.randn(n_blocks, hp.code_dim, generator=generator) * hp.code_init).to(crop.device)
+        codes.requires_grad_(True)
+        opt = torch.optim.Adam([{"params": fast, "lr": self.inner_lr_for_width()}, {"params": [codes], "lr": hp.code_lr}])
+        layers = hp.depth
+        weights, biases = fast[:layers], fast[layers:]  # ParameterList order: weights first, then biases
+        first = last = float("nan")
+        for k in range(hp.inner_steps):
+            pick = torch.randint(values.numel(), (min(hp.points, values.numel()),), generator=generator).to(crop.device)
+            x = torch.cat([coords[pick], codes[block_id[pick]]], dim=-1)[None]
+            for i, (w, b) in enumerate(zip(weights, biases)):
+                x = torch.baddbmm(b, x, w)
+                if i < layers - 1:
+                    x = torch.sin((self.net.w0 if i == 0 else self.net.w0_hidden) * x)
+            loss = F.mse_loss(x.reshape(-1), values[pick])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if k == 0:
+                first = float(loss.detach())
+            last = float(loss.detach())
+        return [p.detach() for p in fast], first, last
+
+    def outer_lr_now(self) -> float:
+        hp = self.hparams
+        t = min(1.0, self.global_step / max(1, hp.fit_steps))
+        return hp.outer_lr + (hp.outer_lr_final - hp.outer_lr) * t
+
+    def training_step(self, batch, batch_idx):
+        # resumed runs draw the same; under DDP each rank its own points and codes (rank 0 as a single process)
+        generator = torch.Generator().manual_seed(7919 + self.global_step + 1_000_003 * self.global_rank)
+        fitted, first, last = self.inner_fit(batch, generator)
+        eps = self.outer_lr_now()
+        with torch.no_grad():
+            for p, q in zip(self.net.parameters(), fitted):
+                p.add_(q - p, alpha=eps)
+                if self.trainer.world_size > 1:  # the ranks' outer steps averaged: batched Reptile, one prior
+                    p.copy_(self.trainer.strategy.reduce(p.clone(), reduce_op="mean"))
+        self.optimizers().step()  # a no-op optimiser: it keeps Lightning's step count (max_steps, checkpoints)
+        hp = self.hparams
+        if hp.check_every and (self.global_step % hp.check_every == 0 or self.global_step >= hp.fit_steps):
+            self.keep_if_best()
+        self.count_cpu()  # every rank is here at every step: the sum over ranks is safe
+        self.log_dict({"train/inner_psnr_first": 10 * math.log10(4.0 / max(first, 1e-12)),
+                       "train/inner_psnr_last": 10 * math.log10(4.0 / max(last, 1e-12)), "train/outer_lr": eps},
+                      prog_bar=True)
+
+    def check_psnr(self) -> float:
+        """Mean PSNR (normalised units) of the inner fit from the current prior on ``check_crops`` fixed crops."""
+        crops = self.trainer.datamodule.check_crops(self.hparams.check_crops)
+        generator = torch.Generator().manual_seed(12345)
+        return float(np.mean([10 * math.log10(4.0 / max(self.inner_fit(c.to(self.device), generator)[2], 1e-12))
+                              for c in crops]))
+
+    def on_train_start(self):
+        if int(self.best_step) < 0:  # the random start's score first: a prior is kept only if it fits better
+            self.keep_if_best()
+
+    def keep_if_best(self) -> None:
+        score = self.check_psnr()
+        self.log("check/inner_psnr", score)
+        if self.global_rank == 0:
+            log.info("prior check at outer step %d: inner fit %.2f dB on the check crops (best so far %.2f at step %d)",
+                     self.global_step, score, max(score, float(self.best_psnr)),
+                     self.global_step if score > float(self.best_psnr) else int(self.best_step))
+        if score > float(self.best_psnr):
+            self.best.load_state_dict(self.net.state_dict())
+            self.best_psnr.fill_(score)
+            self.best_step.fill_(self.global_step)
+
+    def configure_optimizers(self):
+        # The outer update is written in training_step; an optimiser with lr 0 lets Lightning count the steps.
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def count_cpu(self) -> None:
+        now = time.process_time()
+        spent = torch.tensor(now - self.started, dtype=torch.float64, device=self.cpu_s.device)
+        self.cpu_s += self.trainer.strategy.reduce(spent, reduce_op="sum") if self.trainer.world_size > 1 else spent
+        self.started = now
+
+    def export(self) -> Path:
+        """Write the prior with its record (provenance included)."""
+        hp = self.hparams
+        out = Path(hp.save_to) if hp.save_to else Path(self.trainer.default_root_dir) / f"unicompress_prior_{hp.kind}.npz"
+        cpu_minutes = float(self.cpu_s) / 60
+        record = {"id": hp.kind, "width": hp.width, "depth": hp.depth, "in_dim": len(hp.frame_size) + hp.code_dim,
+                  "code_dim": hp.code_dim, "w0": hp.w0, "w0_hidden": hp.w0 if hp.w0_hidden is None else hp.w0_hidden,
+                  "fixed_range": FIXED_RANGES[hp.kind], "frame": list(hp.frame_size), "block": list(hp.block),
+                  "provenance": {"training_files": self.trainer.datamodule.provenance(),
+                                 "command": "python " + " ".join(sys.argv), "cpu_minutes": round(cpu_minutes, 2),
+                                 "outer_steps": int(self.global_step), "inner_steps": hp.inner_steps,
+                                 "date": datetime.now(UTC).strftime("%Y-%m-%d")}}
+        record["provenance"].update(check_inner_psnr=round(float(self.best_psnr), 2), kept_step=int(self.best_step))
+        sha = save_prior(out, record, self.best if int(self.best_step) >= 0 else self.net)
+        log.info("prior %s written to %s (sha256 %s)", hp.kind, out, sha[:12])
+        return out
