@@ -37,6 +37,8 @@ bench: install
 	$(BIN)/python experiments/classical_rd.py
 	OMP_NUM_THREADS=1 $(BIN)/python experiments/unicompress_rd.py --inputs abdomen_ct isbi_em --budget-s 30 --name unicompress_rd
 	OMP_NUM_THREADS=1 $(BIN)/python experiments/unicompress_rd.py --inputs thorax_cta_b thorax_cta_a --budget-s 30 --name unicompress_rd_cta
+	OMP_NUM_THREADS=1 $(BIN)/python experiments/unicompress_prior_ablation.py --inputs abdomen_ct thorax_cta_a --name unicompress_prior_ablation
+	OMP_NUM_THREADS=1 $(BIN)/python experiments/unicompress_prior_ablation.py --inputs thorax_cta_b isbi_em --name unicompress_prior_ablation_cta
 	$(BIN)/python experiments/codecs2d_rd.py
 	$(BIN)/python experiments/codec2d_speed.py
 	$(BIN)/python experiments/codecs2d_budget.py --minutes 3
