@@ -35,9 +35,11 @@ def _job_failed(cfg: DictConfig, message: str, code: int) -> float:
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from medcomp.errors import MedcompError
+    from medcomp.runtime import one_log_stream
     from medcomp.tasks import run_task
     from medcomp.utils.wandb import finish_wandb
 
+    one_log_stream()
     try:
         metrics = run_task(cfg)
     except MedcompError as exc:

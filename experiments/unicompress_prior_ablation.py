@@ -134,8 +134,9 @@ def main(argv=None):
                     print(f"{name} {variant} CR {ratio:g}: {row['psnr']:.2f} dB at CR {row['ratio_actual']:.1f} "
                           f"({row['steps']} steps)", flush=True)
             results[name] = {"input": source, "kind": kind, "peers_from": recorded,
-                             "prior": {"id": prior.id, "sha256": prior.sha256} if prior else
-                             f"none: no {kind} prior is shipped (README, UniCompress: learned prior)",
+                             "prior": {"id": prior.id, "sha256": prior.sha256} if prior else None,
+                             "no_prior_why": None if prior else f"no {kind} prior is shipped (README, UniCompress: "
+                                                                "learned prior): model.prior=auto fits from the paper start",
                              **summarise(name, rows, args)}
             complete = all(n in results for n in args.inputs)
             atomic_write_text(json_path, json.dumps(

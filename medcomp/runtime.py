@@ -120,3 +120,29 @@ def start_loggers(cfg: DictConfig) -> list:
     for lg in loggers:
         lg.log_hyperparams(config_plain)
     return loggers
+
+
+class _NoAdvertisements(logging.Filter):
+    """Drops Lightning's "💡 Tip: … try installing litlogger / litmodels" lines: they are not about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def one_log_stream() -> None:
+    """Every log line once. Importing ``lightning`` gives its logger a console handler of its own while its records
+    also reach the root logger, which Hydra has given a console and a file handler: each Lightning banner was printed
+    twice. Under Hydra (root has handlers) Lightning's own console handler goes; its records keep reaching the
+    run's console and run.log through the root."""
+    import lightning  # noqa: F401 — its import is what adds the handler
+
+    root = logging.getLogger()
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if root.handlers:
+            for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+                logger.removeHandler(handler)
+            logger.propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoAdvertisements) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoAdvertisements())
