@@ -135,7 +135,7 @@ def main(argv=None):
                           f"({row['steps']} steps)", flush=True)
             results[name] = {"input": source, "kind": kind, "peers_from": recorded,
                              "prior": {"id": prior.id, "sha256": prior.sha256} if prior else None,
-                             "no_prior_why": None if prior else f"no {kind} prior is shipped (README, UniCompress: "
+                             "no_prior_why": None if prior else f"no {kind} prior is shipped (docs/methods.md, UniCompress: "
                                                                 "learned prior): model.prior=auto fits from the paper start",
                              **summarise(name, rows, args)}
             complete = all(n in results for n in args.inputs)

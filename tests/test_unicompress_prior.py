@@ -201,7 +201,7 @@ SHIPPED = sorted(up.ASSETS.glob("unicompress_prior_*.npz"))
 
 
 def test_the_ct_prior_is_shipped():
-    # the em3d and 2d priors are not: meta-learning found no start better than random for them (README)
+    # the em3d and 2d priors are not: meta-learning found no start better than random for them (docs/methods.md)
     assert [p.name for p in SHIPPED] == ["unicompress_prior_ct3d.npz"]
 
 

@@ -22,7 +22,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 @dataclass(frozen=True)
 class Accepts:
     """What a codec codes honestly, declared by the codec and checked before any encoding (:meth:`Codec.check_input`):
-    a refusal is one line naming the codec and the limit. The README's table of what each codec accepts is made
+    a refusal is one line naming the codec and the limit. The table of what each codec accepts (docs/command-line.md) is made
     from these declarations (``python -m medcomp.codecs.registry --accepts``)."""
 
     dtypes: tuple[str, ...] = ALL_DTYPES

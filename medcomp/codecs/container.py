@@ -1,4 +1,4 @@
-"""The ``.mcz`` container: one self-describing file per compressed image (README, Conventions).
+"""The ``.mcz`` container: one self-describing file per compressed image (docs/command-line.md, Conventions).
 
 Layout (little endian)::
 

@@ -1,5 +1,5 @@
 """Lossless reference: the stored voxels through zlib, what a general-purpose compressor makes of an image (the
-rate target is not used; the ratio is what deflate reaches). It is also the README's "add a codec" example."""
+rate target is not used; the ratio is what deflate reaches). It is also the "add a codec" example of docs/adding-a-codec.md."""
 
 import zlib
 

@@ -100,11 +100,11 @@ def decode_container(container: Container, codec: Codec | None = None, **kwargs)
 
 
 def accepts_table() -> str:
-    """The README's table of what each codec accepts, made from the codecs' own declarations (``Codec.accepts``)."""
+    """The table of what each codec accepts (docs/command-line.md), made from the codecs' own declarations (``Codec.accepts``)."""
     rows = ["| codec | accepts |", "|---|---|"]
     rows += [f"| `{name}` | {codec_class(name).accepts.describe()} |" for name in available_codecs()]
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # python -m medcomp.codecs.registry: the table, to paste between the README's markers
+if __name__ == "__main__":  # python -m medcomp.codecs.registry: the table, to paste between the markers in docs/command-line.md
     print(accepts_table())

@@ -63,7 +63,7 @@ class Image:
 
     @property
     def data_range(self) -> float:
-        """max - min of the original array: the R in PSNR (README, Conventions)."""
+        """max - min of the original array: the R in PSNR (docs/command-line.md, Conventions)."""
         return float(np.max(self.array)) - float(np.min(self.array))
 
 

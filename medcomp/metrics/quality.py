@@ -1,4 +1,4 @@
-"""Distortion metrics on the original stored units (README, Conventions), in bounded memory.
+"""Distortion metrics on the original stored units (docs/command-line.md, Conventions), in bounded memory.
 
 Every metric walks a volume in groups of axial slices of at most ``CHUNK_VOXELS`` voxels, so a 300×512×512 CT or a
 3000×3000 radiograph costs a few hundred MB on top of the two arrays, whatever their size.

@@ -1,4 +1,4 @@
-"""Rate from the bytes of the file, never from a likelihood (README, Conventions)."""
+"""Rate from the bytes of the file, never from a likelihood (docs/command-line.md, Conventions)."""
 
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ def load_teacher(cls, path: str | None, what: str, distill_flag: str) -> L.Light
     """A frozen, eval-mode ``cls`` from the checkpoint of an earlier run (``checkpoints/final.ckpt``), built without
     a teacher of its own (``distill_flag`` off)."""
     if not path:
-        raise MedcompError(f"model.teacher_ckpt is required for {what} (train the teacher first; see the README)")
+        raise MedcompError(f"model.teacher_ckpt is required for {what} (train the teacher first: docs/methods.md, Diagnosis)")
     p = Path(path).expanduser()
     if not p.is_file():
         raise MedcompError(f"{p}: teacher checkpoint not found")
