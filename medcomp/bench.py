@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +13,7 @@ import numpy as np
 from medcomp.codecs.registry import get_codec
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
+from medcomp.runtime import machine  # the one machine record of runs and benchmarks
 from medcomp.target import Target
 from medcomp.utils.atomic import atomic_path, atomic_write_text
 from medcomp.utils.outputs import check_output_path
@@ -139,13 +139,6 @@ def rd_curves(points: list[dict], codecs, targets) -> dict:
                           "decode_s": float(np.mean([r["decode_s"] for r in rs]))})
         curves[codec_name] = curve
     return curves
-
-
-def machine() -> dict:
-    from medcomp.utils.parallel import usable_cpus
-
-    return {"node": platform.node(), "processor": platform.processor() or platform.machine(),
-            "python": platform.python_version(), "cpus": usable_cpus()}
 
 
 def earlier_result(path: Path, settings: dict) -> dict | None:

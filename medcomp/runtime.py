@@ -99,15 +99,18 @@ def trainer_overrides(cfg: DictConfig) -> list[str]:
 
 
 def machine() -> dict:
-    """Where a run ran. torch_threads is part of the result: a seeded CPU fit gives the same bytes at the same thread
-    count, under any load, and other bytes at another (UniCompress, abdomen CT, CR 256, 100 steps: 28.5991 dB at 1
-    thread twice, 28.5575 at 2 twice): the matmul reductions are split by thread."""
+    """Where a run or a benchmark ran: the one record every metrics.json and results JSON carries.
+
+    torch_threads is part of the result: a seeded CPU fit gives the same bytes at the same thread count, under any
+    load, and other bytes at another (UniCompress, abdomen CT, CR 256, 100 steps: 28.5991 dB at 1 thread twice,
+    28.5575 at 2 twice): the matmul reductions are split by thread. None in a process that never loaded torch (the
+    classical benchmarks keep torch out of their memory)."""
     import platform
 
-    import torch
-
-    return {"node": platform.node(), "python": platform.python_version(), "cpu_count": usable_cpus(),
-            "torch_threads": torch.get_num_threads()}
+    torch = sys.modules.get("torch")
+    return {"node": platform.node(), "processor": platform.processor() or platform.machine(),
+            "python": platform.python_version(), "cpus": usable_cpus(),
+            "torch_threads": torch.get_num_threads() if torch is not None else None}
 
 
 def start_loggers(cfg: DictConfig) -> list:

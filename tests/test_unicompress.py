@@ -285,7 +285,7 @@ def test_width_solver_fills_budget_without_exceeding(teacher_run):
 
 def test_metrics_record_the_thread_count_the_bytes_depend_on(teacher_run):
     machine = json.loads(next(teacher_run["logs"].rglob("metrics.json")).read_text())["machine"]
-    assert isinstance(machine["torch_threads"], int) and 1 <= machine["torch_threads"] <= machine["cpu_count"]
+    assert isinstance(machine["torch_threads"], int) and 1 <= machine["torch_threads"] <= machine["cpus"]
 
 
 def test_target_too_small_is_a_clear_error():
