@@ -225,13 +225,13 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         extractor.requires_grad_(False).eval()
         return extractor
 
-    def _codebook_size(self, budget: float, n_blocks: int) -> int:
+    def _codebook_size(self, budget: float, n_blocks: int, name: str = "") -> int:
         hp = self.hparams
         k = min(hp.codebook_size, 2 ** math.ceil(math.log2(max(n_blocks, 2))))
         while k > 2 and k * hp.code_dim * hp.codebook_bits / 8 > hp.max_codebook_fraction * budget:
             k //= 2
         if k < hp.codebook_size:
-            log.info("codebook %d → %d entries to fit %.0f bytes", hp.codebook_size, k, budget)
+            log.info("%s: codebook %d → %d entries to fit %.0f bytes", name, hp.codebook_size, k, budget)
         return k
 
     def _solve_width(self, image, layout, k: int, prior: Prior | None = None) -> tuple[int, int, Prior | None]:
@@ -277,7 +277,7 @@ class UniCompress(BuiltInSetup, L.LightningModule):
         device = self._trainer.strategy.root_device if getattr(self, "_trainer", None) is not None else None
         extractor = self._build_extractor(dims.pop()).to(device or "cpu")
         for i, (image, layout, blocks) in enumerate(zip(dm.images, dm.layouts, dm.blocks)):
-            k = self._codebook_size(self.target.target_bytes(image), layout.n_blocks)
+            k = self._codebook_size(self.target.target_bytes(image), layout.n_blocks, image.name)
             width, groups, prior = self._solve_width(image, layout, k, self._prior_for(image, len(layout.block) + hp.code_dim))
             if prior is not None:
                 self._renormalise(i, covering_range(image.array, prior.fixed_range))
