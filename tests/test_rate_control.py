@@ -150,3 +150,28 @@ def test_cli_threads_option(cli, refused, tmp_path, ct_volume):
     code, out, err = cli("compress", src, tmp_path / "a.mcz", "--codec", "jpeg2000", "--ratio", "8", "--threads", "1")
     row = json.loads(out.strip().splitlines()[-1])
     assert code == 0 and row["whole_encodes"] >= 1 and math.isfinite(row["psnr"]), err
+
+
+def test_one_target_object_reaches_every_fit_of_a_run(tmp_path, monkeypatch):
+    """tasks.compress builds the run's target once; the model's fit and a fitted baseline's fit get that object."""
+    from medcomp import fitting
+    from medcomp.config import compose
+    from medcomp.tasks import compress
+    from tests.conftest import smooth_volume
+
+    made, seen, real_fit, real_target = [], [], fitting.fit, compress.target_from_cfg
+
+    def spy_fit(cfg, *args, **kwargs):
+        fitted = real_fit(cfg, *args, **kwargs)
+        seen.append(fitted.model.target)
+        return fitted
+
+    monkeypatch.setattr(fitting, "fit", spy_fit)  # FittedCodec.encode imports it from here
+    monkeypatch.setattr(compress, "fit", spy_fit)
+    monkeypatch.setattr(compress, "target_from_cfg", lambda c: made.append(real_target(c)) or made[-1])
+    np.save(tmp_path / "ct.npy", smooth_volume((8, 32, 32)))
+    cfg = compose(["model=siren", "data=volume", f"data.path={tmp_path / 'ct.npy'}", "data.block_size_3d=[8,16,16]",
+                   "model.fit_steps=2", "baselines=[siren]", "compression=cr10", "logger=none", "callbacks=none",
+                   "+save_final_checkpoint=false", f"paths.output_dir={tmp_path / 'run'}"])
+    compress.run(cfg)
+    assert len(made) == 1 and len(seen) == 2 and all(t is made[0] for t in seen)

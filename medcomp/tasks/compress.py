@@ -36,9 +36,9 @@ def baseline_codecs(cfg: DictConfig) -> dict[str, Codec]:
 def run(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    target = target_from_cfg(cfg.compression)
+    target = target_from_cfg(cfg.compression)  # the run's one target: the model's fit, every baseline, evaluation
     loggers = runtime.start_loggers(cfg)
-    fitted = fit(cfg, loggers=loggers)
+    fitted = fit(cfg, target=target, loggers=loggers)
     # the learned files are decoded (deblocking choice, evaluation) on the fit's device: a 300-slice UniCompress
     # decode is ≈ 1.25 TFLOP, minutes on a CPU
     with computing_on(fitted.trainer.strategy.root_device):
