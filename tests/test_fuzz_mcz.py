@@ -67,8 +67,8 @@ def _real_files() -> list[bytes]:
     """A file of every codec: classical and video ones encoded; the trained 2-D codecs encoded with their shipped
     weights; SIREN and UniCompress written with random weights (a fit would add seconds and change nothing the
     decoder sees)."""
+    from medcomp.codecs.siren import siren_container
     from medcomp.data.blocks import plan_blocks
-    from medcomp.models.siren_codec import siren_container
     from medcomp.models.unicompress import siren_shapes, unicompress_container
     from medcomp.nn.siren import siren_param_count
 

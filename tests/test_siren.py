@@ -101,8 +101,8 @@ def test_fill_budget_meets_a_small_target_within_one_percent():
 
 def test_quantized_siren_file_round_trips_its_weights():
     from medcomp.codecs.quantize import pack_symbols, quantize
+    from medcomp.codecs.siren import decode_siren, siren_container
     from medcomp.data.image import Image
-    from medcomp.models.siren_codec import decode_siren, siren_container
     from medcomp.nn.siren import siren_shapes
 
     image = Image(np.linspace(-500, 900, 12 * 10, dtype=np.float32).astype(np.int16).reshape(12, 10), None, name="t")
