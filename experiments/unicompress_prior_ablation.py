@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from unicompress_rd import INPUTS, fit_learned, load_input, mean_psnr_gap, plot_traces  # noqa: E402
 
 from medcomp.bench import earlier_result, machine, plot_rd, shared_data_or_exit  # noqa: E402
-from medcomp.models.unicompress_prior import default_prior_path, image_kind, load_prior  # noqa: E402
+from medcomp.codecs.unicompress_prior import default_prior_path, image_kind, load_prior  # noqa: E402
 from medcomp.utils.atomic import atomic_write_text  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

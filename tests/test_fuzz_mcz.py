@@ -68,9 +68,9 @@ def _real_files() -> list[bytes]:
     weights; SIREN and UniCompress written with random weights (a fit would add seconds and change nothing the
     decoder sees)."""
     from medcomp.codecs.siren import siren_container
+    from medcomp.codecs.unicompress import unicompress_container
     from medcomp.data.blocks import plan_blocks
-    from medcomp.models.unicompress import siren_shapes, unicompress_container
-    from medcomp.nn.siren import siren_param_count
+    from medcomp.nn.siren import siren_param_count, siren_shapes
 
     rng = np.random.default_rng(0)
     image = Image((np.add.outer(np.arange(24), np.arange(20)) * 40 + rng.integers(0, 30, (24, 20))).astype(np.uint16),

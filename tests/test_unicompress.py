@@ -11,10 +11,11 @@ import torch
 from medcomp.codecs.container import Container
 from medcomp.codecs.entropy import MAX_ALPHABET, decode_symbols, decode_uniform, encode_symbols, encode_uniform
 from medcomp.codecs.quantize import _bitpack, pack_symbols, unpack_symbols
+from medcomp.codecs.unicompress import decode_unicompress, unicompress_container
 from medcomp.data.blocks import plan_blocks
 from medcomp.data.image import Image
 from medcomp.errors import CorruptFileError
-from medcomp.models.unicompress import decode_unicompress, siren_shapes, unicompress_container
+from medcomp.nn.siren import siren_shapes
 from medcomp.nn.vq import VectorQuantizer
 from medcomp.nn.wavelet import haar_dwt, haar_idwt
 from medcomp.target import Target
@@ -167,7 +168,7 @@ def test_bitstream_round_trip_is_bit_exact_in_another_process(tmp_path):
     assert here.dtype == image.array.dtype and here.shape == image.array.shape
     (tmp_path / "u.mcz").write_bytes(data)
     code = ("import numpy as np, sys; from medcomp.codecs.container import read_container;"
-            "from medcomp.models.unicompress import decode_unicompress;"
+            "from medcomp.codecs.unicompress import decode_unicompress;"
             f"np.save(sys.argv[1], decode_unicompress(read_container('{tmp_path / 'u.mcz'}')))")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "o.npy")], check=True, cwd=ROOT)
     np.testing.assert_array_equal(np.load(tmp_path / "o.npy"), here)

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from medcomp.codecs import unicompress_prior as pf  # the prior file format
 from medcomp.codecs.container import Container
 from medcomp.codecs.registry import decode_container
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
-from medcomp.models import unicompress_prior as up
+from medcomp.models import unicompress_prior as up  # meta-learning one
 from medcomp.target import Target
 from tests.conftest import ROOT, run_cli, smooth_volume
 
@@ -34,9 +35,9 @@ def tiny_prior(folder, steps: int = 3, width: int = 8, seed: int = 0):
                 p.add_(q - p, alpha=0.5)
     assert any(not torch.equal(a, b) for a, b in zip(before, m.net.parameters()))  # the outer step moved it
     record = {"id": "ct3d", "width": width, "depth": 4, "in_dim": 11, "code_dim": 8, "w0": 60.0, "w0_hidden": 60.0,
-              "fixed_range": up.FIXED_RANGES["ct3d"], "provenance": {"training_files": [], "test": True}}
+              "fixed_range": pf.FIXED_RANGES["ct3d"], "provenance": {"training_files": [], "test": True}}
     path = folder / "unicompress_prior_ct3d.npz"
-    up.save_prior(path, record, m.net)
+    pf.save_prior(path, record, m.net)
     return path
 
 
@@ -57,32 +58,32 @@ def fit_ct(tmp_path, *extra, ratio=24):
 
 
 def test_image_kinds_and_their_windows():
-    assert up.image_kind(Image(np.zeros((8, 8), np.uint16), None)) == "2d"
-    assert up.image_kind(Image(np.zeros((4, 8, 8), np.uint8), None)) == "em3d"
-    assert up.image_kind(Image(smooth_volume((4, 8, 8)), None)) == "ct3d"  # signed, below −500: HU
-    assert up.image_kind(Image(np.zeros((4, 8, 8), np.int16), None, modality="CT")) == "ct3d"
-    assert up.image_kind(Image(np.ones((4, 8, 8), np.float32), None)) is None
+    assert pf.image_kind(Image(np.zeros((8, 8), np.uint16), None)) == "2d"
+    assert pf.image_kind(Image(np.zeros((4, 8, 8), np.uint8), None)) == "em3d"
+    assert pf.image_kind(Image(smooth_volume((4, 8, 8)), None)) == "ct3d"  # signed, below −500: HU
+    assert pf.image_kind(Image(np.zeros((4, 8, 8), np.int16), None, modality="CT")) == "ct3d"
+    assert pf.image_kind(Image(np.ones((4, 8, 8), np.float32), None)) is None
     a = np.array([-1200, 100], np.int16)
-    assert up.covering_range(a, (-1024.0, 3071.0)) == (-1200.0, 3071.0)  # the window, widened: nothing clipped
-    assert up.covering_range(a, None) == (-1200.0, 100.0)
+    assert pf.covering_range(a, (-1024.0, 3071.0)) == (-1200.0, 3071.0)  # the window, widened: nothing clipped
+    assert pf.covering_range(a, None) == (-1200.0, 100.0)
 
 
 def test_prior_file_round_trip_and_size(tmp_path):
     path = tiny_prior(tmp_path)
-    prior = up.load_prior(path)
+    prior = pf.load_prior(path)
     assert prior.id == "ct3d" and prior.matches(8, 4, 11) and not prior.matches(9, 4, 11)
     net = prior.network(3)
     assert all(torch.equal(w[0], w[2]) for w in net.weights)  # every group starts at the prior
     np.testing.assert_array_equal(net.weights[1][1].detach().numpy(), prior.params[2][0])
     (tmp_path / "bad.npz").write_bytes(b"not a prior")
     with pytest.raises(MedcompError, match="bad.npz: not a UniCompress prior file"):
-        up.load_prior(tmp_path / "bad.npz")
+        pf.load_prior(tmp_path / "bad.npz")
 
 
 def test_delta_file_names_its_prior_and_decodes_to_the_fit(prior_dir, tmp_path):
     image, fitted = fit_ct(tmp_path, "model.prior=auto")
     model = fitted.model
-    prior = up.load_prior(prior_dir / "unicompress_prior_ct3d.npz")
+    prior = pf.load_prior(prior_dir / "unicompress_prior_ct3d.npz")
     assert model.priors[0].sha256 == prior.sha256 and model.widths == [8]
     c = model.export()[0]
     assert c.header["prior"] == {"id": "ct3d", "sha256": prior.sha256}
@@ -175,7 +176,7 @@ def test_meta_learning_run_writes_a_prior_with_its_provenance(tmp_path):
                         "model.points=256", "model.fit_steps=2", "data.steps_per_epoch=1", f"model.save_to={out}",
                         "logger=none", f"paths.log_dir={tmp_path / 'logs'}"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    prior = up.load_prior(out)
+    prior = pf.load_prior(out)
     prov = prior.record["provenance"]
     assert prov["outer_steps"] == 2 and prov["cpu_minutes"] >= 0 and "model=unicompress_prior" in prov["command"]
     assert prov["training_files"] == [{"file": str(vol), "sha256": up.sha256_of(vol), "licence": "test"}]
@@ -197,7 +198,7 @@ def evaluation_files() -> set[str]:
     return files
 
 
-SHIPPED = sorted(up.ASSETS.glob("unicompress_prior_*.npz"))
+SHIPPED = sorted(pf.ASSETS.glob("unicompress_prior_*.npz"))
 
 
 def test_the_ct_prior_is_shipped():
@@ -208,7 +209,7 @@ def test_the_ct_prior_is_shipped():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_shipped_prior_is_small_and_trained_on_no_evaluation_image(path):
     assert path.stat().st_size <= 2 * 2**20
-    record = up.load_prior(path).record
+    record = pf.load_prior(path).record
     kind = record["id"]
     assert path.name == f"unicompress_prior_{kind}.npz"
     training = [f["file"] for f in record["provenance"]["training_files"]]
