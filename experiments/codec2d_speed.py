@@ -77,7 +77,7 @@ def measure(args) -> int:
 
 
 def codec_weights(name: str, given: dict) -> str:
-    from medcomp.models.codec2d import default_weights
+    from medcomp.codecs.trained2d import default_weights
 
     return given.get(name) or str(default_weights(name))
 

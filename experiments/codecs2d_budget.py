@@ -41,11 +41,11 @@ from medcomp.bench import (
     shared_data_or_exit,
     xray_eval_images,
 )
+from medcomp.codecs.trained2d import normalise, pad_plane
 from medcomp.data.image import from_unit, restore_dtype
 from medcomp.data.image_corpus import ImagesDataModule
 from medcomp.metrics import psnr
 from medcomp.models.cal_vae import CalVAE, optimiser_groups
-from medcomp.models.codec2d import normalise, pad_plane
 from medcomp.models.rnn_conv import RNNConv
 from medcomp.target import Target, fit_to_budget
 from medcomp.utils.atomic import atomic_write_text

@@ -30,7 +30,7 @@ from medcomp.bench import (
     shared_data_or_exit,
     xray_eval_images,
 )
-from medcomp.models.codec2d import default_weights, load_weights
+from medcomp.codecs.trained2d import default_weights, load_weights
 from medcomp.target import Target
 from medcomp.utils.atomic import atomic_write_text
 

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from medcomp.codecs.base import split_planes
 from medcomp.codecs.container import read_container
 from medcomp.codecs.registry import decode_container, get_codec, trained_codecs
+from medcomp.codecs.trained2d import default_weights, load_weights
 from medcomp.data.image import Image
 from medcomp.data.image_corpus import ImagesDataModule
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
 from medcomp.models.cal_vae import CalVAE
-from medcomp.models.codec2d import default_weights, load_weights
 from medcomp.models.rnn_conv import RNNConv
 from medcomp.nn.conv_rnn import Binarizer, ConvLSTMCell, PyramidPooling
 from medcomp.target import Target
@@ -276,11 +276,11 @@ def test_large_planes_are_coded_as_independent_tiles(tmp_path, monkeypatch, name
     """A plane larger than a tile is coded tile by tile (here 64-px tiles: a 100×90 image has 2×2 tiles, the edge
     ones smaller): one stream per tile in raster order, each the stream of that region coded on its own (tiles share
     nothing), and the decoded image has the plane's shape and dtype. A tile size off the stride is a corrupt file."""
+    from medcomp.codecs import trained2d
+    from medcomp.codecs.trained2d import normalise
     from medcomp.errors import CorruptFileError
-    from medcomp.models import codec2d
-    from medcomp.models.codec2d import normalise
 
-    monkeypatch.setattr(codec2d, "TILE", 64)
+    monkeypatch.setattr(trained2d, "TILE", 64)
     weights = small_weights(name, tmp_path / "w.pt")
     a = xray_like()
     c = get_codec(name, ckpt=weights).encode(Image(a, name="x"), Target(bpp=1))
