@@ -192,7 +192,7 @@ def test_every_rank_draws_its_own_training_crops():
 
     import torch
 
-    from medcomp.models.feature_pretrain import RandomBlocksDataModule
+    from medcomp.data.crops import RandomBlocksDataModule
 
     dm = RandomBlocksDataModule(sample_files=["CT_small.dcm"], block=[32, 32], batch_size=4, steps_per_epoch=2)
     dm.setup()

@@ -10,6 +10,7 @@ import torch
 from medcomp.codecs import unicompress_prior as pf  # the prior file format
 from medcomp.codecs.container import Container
 from medcomp.codecs.registry import decode_container
+from medcomp.data import crops, kinds
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
 from medcomp.models import unicompress_prior as up  # meta-learning one
@@ -35,7 +36,7 @@ def tiny_prior(folder, steps: int = 3, width: int = 8, seed: int = 0):
                 p.add_(q - p, alpha=0.5)
     assert any(not torch.equal(a, b) for a, b in zip(before, m.net.parameters()))  # the outer step moved it
     record = {"id": "ct3d", "width": width, "depth": 4, "in_dim": 11, "code_dim": 8, "w0": 60.0, "w0_hidden": 60.0,
-              "fixed_range": pf.FIXED_RANGES["ct3d"], "provenance": {"training_files": [], "test": True}}
+              "fixed_range": kinds.FIXED_RANGES["ct3d"], "provenance": {"training_files": [], "test": True}}
     path = folder / "unicompress_prior_ct3d.npz"
     pf.save_prior(path, record, m.net)
     return path
@@ -58,14 +59,14 @@ def fit_ct(tmp_path, *extra, ratio=24):
 
 
 def test_image_kinds_and_their_windows():
-    assert pf.image_kind(Image(np.zeros((8, 8), np.uint16), None)) == "2d"
-    assert pf.image_kind(Image(np.zeros((4, 8, 8), np.uint8), None)) == "em3d"
-    assert pf.image_kind(Image(smooth_volume((4, 8, 8)), None)) == "ct3d"  # signed, below −500: HU
-    assert pf.image_kind(Image(np.zeros((4, 8, 8), np.int16), None, modality="CT")) == "ct3d"
-    assert pf.image_kind(Image(np.ones((4, 8, 8), np.float32), None)) is None
+    assert kinds.image_kind(Image(np.zeros((8, 8), np.uint16), None)) == "2d"
+    assert kinds.image_kind(Image(np.zeros((4, 8, 8), np.uint8), None)) == "em3d"
+    assert kinds.image_kind(Image(smooth_volume((4, 8, 8)), None)) == "ct3d"  # signed, below −500: HU
+    assert kinds.image_kind(Image(np.zeros((4, 8, 8), np.int16), None, modality="CT")) == "ct3d"
+    assert kinds.image_kind(Image(np.ones((4, 8, 8), np.float32), None)) is None
     a = np.array([-1200, 100], np.int16)
-    assert pf.covering_range(a, (-1024.0, 3071.0)) == (-1200.0, 3071.0)  # the window, widened: nothing clipped
-    assert pf.covering_range(a, None) == (-1200.0, 100.0)
+    assert kinds.covering_range(a, (-1024.0, 3071.0)) == (-1200.0, 3071.0)  # the window, widened: nothing clipped
+    assert kinds.covering_range(a, None) == (-1200.0, 100.0)
 
 
 def test_prior_file_round_trip_and_size(tmp_path):
@@ -179,7 +180,7 @@ def test_meta_learning_run_writes_a_prior_with_its_provenance(tmp_path):
     prior = pf.load_prior(out)
     prov = prior.record["provenance"]
     assert prov["outer_steps"] == 2 and prov["cpu_minutes"] >= 0 and "model=unicompress_prior" in prov["command"]
-    assert prov["training_files"] == [{"file": str(vol), "sha256": up.sha256_of(vol), "licence": "test"}]
+    assert prov["training_files"] == [{"file": str(vol), "sha256": crops.sha256_of(vol), "licence": "test"}]
     assert prior.record["fixed_range"] == [-1024.0, 3071.0] and prior.matches(8, 4, 11)
 
 

@@ -15,7 +15,6 @@ import lightning as L
 import torch
 from torch import nn
 
-from medcomp.data.image import to_unit
 from medcomp.nn.extractor import BlockEncoder, barlow_twins_loss
 from medcomp.nn.pretrained import save_extractor
 
@@ -59,59 +58,5 @@ class FeaturePretrain(L.LightningModule):
         return out
 
 
-class RandomBlocksDataModule(L.LightningDataModule):
-    """Batches of random crops (``block`` shape) from a list of images, each crop normalised to [−1, 1]."""
-
-    def __init__(self, paths: list[str] | None = None, sample_files: list[str] | None = None,
-                 block: list[int] = (32, 32), batch_size: int = 128, steps_per_epoch: int = 100, seed: int = 0,
-                 images=None):
-        super().__init__()
-        self.paths, self.sample_names = list(paths or []), list(sample_files or [])
-        self.block, self.batch_size, self.steps, self.seed = tuple(block), batch_size, steps_per_epoch, seed
-        self.volumes: list[torch.Tensor] = []
-
-    def setup(self, stage=None):
-        if self.volumes:
-            return
-        from medcomp.data.block_datamodules import sample_files
-        from medcomp.data.readers import read_image
-
-        files = [str(p) for p in sample_files(self.sample_names)] + [str(Path(p).expanduser()) for p in self.paths]
-        for f in files:
-            a = read_image(f).array
-            if a.ndim == len(self.block) and all(s >= b for s, b in zip(a.shape, self.block)):
-                # Normalised by the whole image's range, as UniCompress normalises the blocks it extracts from.
-                lo, hi = float(a.min()), float(a.max())
-                self.volumes.append(torch.from_numpy(to_unit(a, lo, hi, signed=True).astype("float32")))
-        if not self.volumes:
-            from medcomp.errors import MedcompError
-
-            raise MedcompError(f"no image of the data module is {len(self.block)}-D and at least {self.block}")
-
-    def train_dataloader(self):
-        # one crop stream per DDP rank: the sampler's index is not used, so a shared seed gave every rank the same
-        # batches (twice the work for the gradient of one)
-        from medcomp.utils.distributed import trainer_rank
-
-        return torch.utils.data.DataLoader(_Crops(self.volumes, self.block, self.batch_size, self.steps,
-                                                  self.seed + 1_000_003 * trainer_rank(self.trainer)),
-                                           batch_size=None, num_workers=0)
-
-
-class _Crops(torch.utils.data.Dataset):
-    def __init__(self, volumes, block, batch, length, seed):
-        self.volumes, self.block, self.batch, self.length = volumes, block, batch, length
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, _):
-        out = []
-        for _ in range(self.batch):
-            v = self.volumes[int(torch.randint(len(self.volumes), (1,), generator=self.gen))]
-            start = [int(torch.randint(s - b + 1, (1,), generator=self.gen)) for s, b in zip(v.shape, self.block)]
-            out.append(v[tuple(slice(a, a + b) for a, b in zip(start, self.block))][None])
-        return torch.stack(out)
 
 

@@ -21,7 +21,8 @@ from medcomp.codecs.container import Container
 from medcomp.codecs.deblock import signal_best_strength
 from medcomp.codecs.quantize import fill_budget, top_for_bits
 from medcomp.codecs.unicompress import decode_unicompress, unicompress_container  # the file format
-from medcomp.codecs.unicompress_prior import Prior, covering_range, prior_for
+from medcomp.codecs.unicompress_prior import Prior, prior_for
+from medcomp.data.kinds import covering_range
 from medcomp.errors import MedcompError
 from medcomp.models.built_in_setup import BuiltInSetup
 from medcomp.nn.fusion import AttentionFusion

@@ -13,7 +13,6 @@ prior toward the fitted weights. Written here rather than taken from a library: 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import sys
@@ -26,105 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medcomp.codecs.unicompress_prior import FIXED_RANGES, KINDS, covering_range, save_prior
+from medcomp.codecs.unicompress_prior import save_prior
+from medcomp.data.kinds import FIXED_RANGES, KINDS
 from medcomp.errors import MedcompError
 from medcomp.nn.siren import BatchedSiren
 
 log = logging.getLogger("medcomp")
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
-class PriorCropsDataModule(L.LightningDataModule):
-    """Random crops of the training images of one prior kind: each image normalised by the kind's window
-    (:data:`FIXED_RANGES`), kept at every downscale factor of ``scales`` (area averaging: one kind seen at several
-    voxel sizes), and cropped to ``crop`` (smaller images are taken whole). ``frame`` and ``block`` say how a fit of
-    this kind lays out its coordinates (the model reads them from here, one place per kind)."""
-
-    def __init__(self, kind: str, files: list[dict], crop: list[int], scales: list[list[int]] = ((1, 1, 1),),
-                 frame: list[int] | None = None, block: list[int] | None = None, steps_per_epoch: int = 50,
-                 seed: int = 0):
-        super().__init__()
-        if kind not in KINDS:
-            raise MedcompError(f"data.kind must be one of {list(KINDS)}, got {kind!r}")
-        self.kind, self.files, self.crop = kind, [dict(f) for f in files], tuple(crop)
-        self.scales, self.steps, self.seed = [tuple(s) for s in scales], steps_per_epoch, seed
-        self.frame, self.block = frame, block
-        self.images: list[torch.Tensor] = []
-
-    def resolve(self, entry: dict) -> Path:
-        from medcomp.data.block_datamodules import sample_files
-
-        if entry.get("sample"):
-            return sample_files([entry["sample"]])[0]
-        return Path(str(entry["path"])).expanduser()
-
-    def setup(self, stage=None):
-        if self.images:
-            return
-        from medcomp.data.image import to_unit
-        from medcomp.data.readers import read_image
-
-        for entry in self.files:
-            path = self.resolve(entry)
-            image = read_image(path)
-            a = image.array
-            if a.ndim != len(self.crop):
-                raise MedcompError(f"{path}: a {a.ndim}-D image in a {len(self.crop)}-D prior's training list")
-            lo, hi = covering_range(a, FIXED_RANGES[self.kind])
-            unit = torch.from_numpy(to_unit(a.astype(np.float64), lo, hi, signed=True).astype(np.float32))
-            for s in self.scales:
-                s = s[-a.ndim :]
-                x = unit[None, None]
-                if any(f > 1 for f in s):
-                    pool = F.avg_pool3d if a.ndim == 3 else F.avg_pool2d
-                    x = pool(x, kernel_size=tuple(s), stride=tuple(s))
-                if all(n >= 4 for n in x.shape[2:]):
-                    self.images.append(x[0, 0].contiguous())
-        if not self.images:
-            raise MedcompError(f"prior {self.kind}: no training image could be read")
-
-    def provenance(self) -> list[dict]:
-        out = []
-        for entry in self.files:
-            path = self.resolve(entry)
-            out.append({"file": entry.get("sample") or str(entry["path"]), "sha256": sha256_of(path),
-                        "licence": entry.get("licence", "")})
-        return out
-
-    def check_crops(self, n: int) -> list[torch.Tensor]:
-        """``n`` fixed crops of the training images (one seed every time) that the meta-learning keeps its best
-        prior by."""
-        crops = _PriorCrops(self.images, self.crop, n, seed=2**31 - 1)
-        return [crops[i] for i in range(n)]
-
-    def train_dataloader(self):
-        from medcomp.utils.distributed import trainer_rank
-
-        return torch.utils.data.DataLoader(_PriorCrops(self.images, self.crop, self.steps,
-                                                       self.seed + 1_000_003 * trainer_rank(self.trainer)),
-                                           batch_size=None, num_workers=0)
-
-
-class _PriorCrops(torch.utils.data.Dataset):
-    def __init__(self, images, crop, length, seed):
-        self.images, self.crop, self.length = images, crop, length
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def __len__(self):
-        return self.length
-
-    def __getitem__(self, _):
-        v = self.images[int(torch.randint(len(self.images), (1,), generator=self.gen))]
-        size = [min(c, s) for c, s in zip(self.crop, v.shape)]
-        start = [int(torch.randint(s - c + 1, (1,), generator=self.gen)) for s, c in zip(v.shape, size)]
-        return v[tuple(slice(a, a + c) for a, c in zip(start, size))].contiguous()
-
 
 class UniCompressPrior(L.LightningModule):
     """Reptile over crops: one training step = one inner fit of a copy of the prior + one outer step.
