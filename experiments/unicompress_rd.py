@@ -55,6 +55,7 @@ from medcomp.errors import MedcompError
 from medcomp.evaluation import evaluate
 from medcomp.fitting import fit
 from medcomp.metrics.quality import psnr
+from medcomp.models.unicompress import UniCompress
 from medcomp.target import Target
 from medcomp.utils.atomic import atomic_write_text
 from medcomp.utils.devices import computing_on, resolve_device
@@ -119,9 +120,9 @@ def fit_learned(model: str, image, ratio: float, budget_s: float, out_dir: str, 
     model_obj = fitted.model
     container = model_obj.export()[0]
     row, _ = evaluate(image, container, model_obj.as_codec(), fitted.seconds, Target(ratio=ratio), model)
-    row["model_info"] = model_obj.describe() if hasattr(model_obj, "describe") else {}
+    row["model_info"] = model_obj.describe()
     row["steps"], row["budget_s"] = steps, budget_s
-    if hasattr(model_obj, "container_within_budget"):  # UniCompress: what quantising the weights costs
+    if isinstance(model_obj, UniCompress):  # what quantising the weights costs
         model_obj.hparams.weight_bits_min = model_obj.hparams.weight_bits_max = 16
         fine = decode_container(model_obj.export()[0])
         row["psnr_16bit_weights"] = psnr(image.array, fine.array)

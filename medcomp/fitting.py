@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from medcomp.config import target_from_cfg
 from medcomp.data.image import Image
+from medcomp.models.built_in_setup import BuiltInSetup
 from medcomp.target import Target
 
 log = logging.getLogger("medcomp")
@@ -97,7 +98,7 @@ def fit(cfg: DictConfig, images: list[Image] | None = None, target: Target | Non
     if getattr(model, "_trainer", None) is None:  # ddp_spawn detaches the main process's model at teardown
         model.trainer = trainer
         dm.setup("fit")  # it ran in the spawned processes only: the images and splits are read here once more
-        if hasattr(model, "restore_spawned_fit"):
+        if isinstance(model, BuiltInSetup):
             model.restore_spawned_fit(dm)
 
     if not trainer.fast_dev_run and cfg.get("save_final_checkpoint", True):

@@ -147,3 +147,17 @@ def test_a_model_given_data_it_cannot_take_is_one_clear_error(overrides, message
     with pytest.raises(MedcompError, match=message):
         run_task(cfg)
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("model,task,ok", [("unicompress", "compress", True), ("cal_vae", "compress", True),
+                                           ("unicompress_prior", "pretrain", True), ("mlcak", "classify", True),
+                                           ("mlcak", "compress", False), ("siren", "pretrain", False)])
+def test_a_model_runs_only_the_tasks_of_its_contract(model, task, ok, tmp_path):
+    from medcomp.tasks import check_model_runs_task
+
+    cfg = compose([f"model={model}", f"paths.output_dir={tmp_path}"])
+    if ok:
+        check_model_runs_task(cfg, task)
+    else:
+        with pytest.raises(MedcompError, match=f"model={model} .* cannot run task={task}: it is not a"):
+            check_model_runs_task(cfg, task)

@@ -102,3 +102,13 @@ def test_a_file_format_is_written_and_read_in_one_module():
         if decoder:
             source = (PACKAGE.parent / (decoder.rpartition(".")[0].replace(".", "/") + ".py")).read_text()
             assert "Container(" in source, f"{path.name}: {decoder}'s module does not write the format it reads"
+
+
+def test_models_are_asked_through_their_contracts_not_hasattr():
+    """medcomp.models.contracts declares what a task may ask of a model; nothing probes a model with hasattr."""
+    import re
+
+    probe = re.compile(r"hasattr\((self\.)?(model|fitted\.model|model_obj|module)\b")
+    files = [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "experiments").glob("*.py")]
+    found = [f"{p.name}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1) if probe.search(line)]
+    assert found == []

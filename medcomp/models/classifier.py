@@ -32,6 +32,10 @@ class ClassifierModule(L.LightningModule):
         self._best_state = None
         self.test_results: dict = {}
 
+    def attention_maps(self, batch) -> dict[str, list] | None:
+        """Class-token attention per level for a figure (MLCAK's ViTs); None: the model has none to show."""
+        return None
+
     @property
     def best_val(self) -> float:
         return float(self.best_val_auroc)

@@ -11,9 +11,10 @@ import torch
 
 from medcomp.codecs.trained2d import WEIGHTS_FORMAT, TrainedCodec
 from medcomp.models.built_in_setup import size_empty_buffers
+from medcomp.models.contracts import CompressionModel
 
 
-class ImageCodecModule(L.LightningModule):
+class ImageCodecModule(CompressionModel, L.LightningModule):
     """Base of the trained codecs. Subclasses define the network, ``training_loss`` and the three coding steps:
     ``analyse`` (image → encoder state, once), ``stream`` (state, knob → bytes) and ``synthesise`` (bytes, knob →
     image); the knob is searched between ``knob_lo`` and ``knob_hi``."""

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from medcomp.models.contracts import Pretrainer
 from medcomp.nn.extractor import BlockEncoder, barlow_twins_loss
 from medcomp.nn.pretrained import save_extractor
 
@@ -27,7 +28,7 @@ def augment(x: torch.Tensor, noise: float, shift: int) -> torch.Tensor:
     return torch.roll(x, shifts, dims)
 
 
-class FeaturePretrain(L.LightningModule):
+class FeaturePretrain(Pretrainer, L.LightningModule):
     def __init__(self, dims: int = 2, in_size: int = 32, width: int = 16, out_dim: int = 128, grid: int = 2,
                  projector_dim: int = 256, lr: float = 1e-3, noise: float = 0.05, shift: int = 2,
                  off_diagonal_weight: float = 5e-3, fit_steps: int = 600, save_to: str | None = None, target=None):
@@ -51,7 +52,7 @@ class FeaturePretrain(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=1e-4)
 
-    def export(self):
+    def save_product(self):
         """Nothing to compress: write the extractor checkpoint instead."""
         out = Path(self.hparams.save_to or Path(self.trainer.default_root_dir) / f"extractor_{self.hparams.dims}d.pt")
         save_extractor(self.extractor, out, {"trained_by": "model=feature_pretrain", "steps": int(self.global_step)})

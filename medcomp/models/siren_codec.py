@@ -12,11 +12,12 @@ from medcomp.codecs.container import Container
 from medcomp.codecs.siren import WEIGHT_DTYPES, siren_file, solve_width  # the file format
 from medcomp.errors import MedcompError
 from medcomp.models.built_in_setup import BuiltInSetup
+from medcomp.models.contracts import ImageFit
 from medcomp.nn.siren import BatchedSiren, grid_coordinates
 from medcomp.target import Target
 
 
-class SirenCodec(BuiltInSetup, L.LightningModule):
+class SirenCodec(BuiltInSetup, ImageFit, L.LightningModule):
     full_precision_fit = True  # fp32 whatever trainer.precision says (medcomp.fitting.trainer_rules)
 
     def __init__(self, depth: int = 5, w0: float = 30.0, lr: float = 1e-3, weight_dtype: str = "float16",

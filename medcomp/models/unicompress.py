@@ -25,6 +25,7 @@ from medcomp.codecs.unicompress_prior import Prior, prior_for
 from medcomp.data.kinds import covering_range
 from medcomp.errors import MedcompError
 from medcomp.models.built_in_setup import BuiltInSetup
+from medcomp.models.contracts import ImageFit
 from medcomp.nn.fusion import AttentionFusion
 from medcomp.nn.pretrained import load_extractor
 from medcomp.nn.siren import (
@@ -92,7 +93,7 @@ def groups_for_prior(bytes_for_weights: float, prior: Prior, bits_per_weight: fl
     return max([g for g in range(1, n_blocks + 1) if n_blocks % g == 0 and g <= fits] or [1])
 
 
-class UniCompress(BuiltInSetup, L.LightningModule):
+class UniCompress(BuiltInSetup, ImageFit, L.LightningModule):
     """The teacher: every image of the data module gets one SIREN + codebook; the fusion encoder is shared."""
 
     full_precision_fit = True  # fp32 whatever trainer.precision says (medcomp.fitting.trainer_rules)

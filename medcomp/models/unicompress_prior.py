@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from medcomp.codecs.unicompress_prior import save_prior
 from medcomp.data.kinds import FIXED_RANGES, KINDS
 from medcomp.errors import MedcompError
+from medcomp.models.contracts import Pretrainer
 from medcomp.nn.siren import BatchedSiren
 
 log = logging.getLogger("medcomp")
 
-class UniCompressPrior(L.LightningModule):
+class UniCompressPrior(Pretrainer, L.LightningModule):
     """Reptile over crops: one training step = one inner fit of a copy of the prior + one outer step.
 
     ``frame_size``: the padded size of the images this kind is fitted at (UniCompress maps the whole padded image to
@@ -170,7 +171,7 @@ class UniCompressPrior(L.LightningModule):
         self.cpu_s += self.trainer.strategy.reduce(spent, reduce_op="sum") if self.trainer.world_size > 1 else spent
         self.started = now
 
-    def export(self) -> Path:
+    def save_product(self) -> Path:
         """Write the prior with its record (provenance included)."""
         hp = self.hparams
         out = Path(hp.save_to) if hp.save_to else Path(self.trainer.default_root_dir) / f"unicompress_prior_{hp.kind}.npz"

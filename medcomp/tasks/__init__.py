@@ -2,7 +2,9 @@
 
 - ``compress``: fit the model, write one ``.mcz`` per image, decode it, measure, beside the baselines;
 - ``classify``: fit a diagnosis model, test the one the validation split selected;
-- ``pretrain``: fit a feature extractor and save it.
+- ``pretrain``: fit a model whose product is another file (an extractor, a UniCompress prior) and save it.
+
+Each task takes the models of one contract (medcomp.models.contracts; classifiers: ClassifierModule).
 """
 
 from __future__ import annotations
@@ -13,6 +15,18 @@ from medcomp.errors import MedcompError
 
 TASKS = {"compress": "medcomp.tasks.compress", "classify": "medcomp.tasks.classify",
          "pretrain": "medcomp.tasks.pretrain"}
+CONTRACTS = {"compress": "medcomp.models.contracts.CompressionModel", "classify": "medcomp.models.classifier.ClassifierModule",
+             "pretrain": "medcomp.models.contracts.Pretrainer"}
+
+
+def check_model_runs_task(cfg: DictConfig, task: str) -> None:
+    """A model runs a task only if it holds that task's contract: one line before anything is fitted."""
+    from hydra.utils import get_class
+
+    model, contract = get_class(cfg.model._target_), get_class(CONTRACTS[task])
+    if not issubclass(model, contract):
+        raise MedcompError(f"model={cfg.get('model_name')} ({model.__name__}) cannot run task={task}: it is not a "
+                           f"{contract.__name__}")
 
 
 def run_task(cfg: DictConfig) -> dict:
@@ -27,6 +41,7 @@ def run_task(cfg: DictConfig) -> dict:
     if task not in TASKS:
         raise MedcompError(f"task={task} is not one of {', '.join(TASKS)}")
     check_model_takes_data(cfg)
+    check_model_runs_task(cfg, task)
     try:
         return importlib.import_module(TASKS[task]).run(cfg)
     except MissingMandatoryValue as exc:  # a '???' in the YAML: the user has to give it

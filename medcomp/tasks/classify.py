@@ -33,7 +33,7 @@ def run(cfg: DictConfig) -> dict:
                "model_info": model.describe(), "fit_s": fitted.seconds, "fit_steps": trainer.global_step, "jpeg": getattr(dm, "jpeg", {}),
                "compression": cfg.compression.name if getattr(dm, "degrade_jpeg", False) else None,
                "machine": runtime.machine(), "date": datetime.now(UTC).isoformat(timespec="seconds")}
-    figure = attention_figure(model, dm, out / "attention.png") if hasattr(model, "attention_maps") else None
+    figure = attention_figure(model, dm, out / "attention.png")
     with atomic_path(out / "test_predictions.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, **res["predictions"])  # per test image: scores and labels (paired tests between runs)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float))
@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> dict:
     return metrics
 
 
-def attention_figure(model, dm, path: Path, n: int = 4) -> Path:
+def attention_figure(model, dm, path: Path, n: int = 4) -> Path | None:
     """Teacher vs student class-token attention (last level) on ``n`` test images, normal and abnormal in turn."""
     import torch
     from torch.utils.data import default_collate
@@ -72,5 +72,7 @@ def attention_figure(model, dm, path: Path, n: int = 4) -> Path:
     model.eval()
     with torch.no_grad():
         maps = model.attention_maps(batch)
+    if maps is None:  # a model without attention maps (CT-Lite): no figure
+        return None
     shown = {name: levels[-1].cpu().numpy() for name, levels in maps.items()}
     return draw(batch["image"][:, 0].cpu().numpy(), shown, path, title="class-token attention, last level")

@@ -83,7 +83,7 @@ def _encode_and_evaluate(cfg: DictConfig, out: Path, target, loggers: list, fitt
         "task_name": cfg.task_name, "model": cfg.model_name, "data": cfg.data_name, "compression": cfg.compression.name,
         "summary": {r["codec"]: r for r in summary}, "images": rows,
         "files": [str(p.relative_to(out)) for p in mcz_files],
-        "model_info": model.describe() if hasattr(model, "describe") else {},
+        "model_info": model.describe(),
         "fit_s": fitted.seconds, "fit_steps": fitted.trainer.global_step,
         "machine": runtime.machine(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }

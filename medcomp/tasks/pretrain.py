@@ -1,4 +1,5 @@
-"""``task=pretrain``: fit a feature extractor (the UniCompress prior) and save it; its product is a checkpoint."""
+"""``task=pretrain``: fit a model whose product is a file other than a .mcz (an extractor checkpoint, a UniCompress
+prior: medcomp.models.contracts.Pretrainer) and save it."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def run(cfg: DictConfig) -> dict:
     fitted = fit(cfg, loggers=runtime.start_loggers(cfg))
     if not fitted.trainer.is_global_zero:
         return {}
-    saved = fitted.model.export()
+    saved = fitted.model.save_product()
     metrics = {"task_name": cfg.task_name, "model": cfg.model_name, "data": cfg.data_name, "fit_s": fitted.seconds,
                "checkpoint": str(saved), **{k: float(v) for k, v in fitted.trainer.callback_metrics.items()}}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
