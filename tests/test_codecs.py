@@ -106,3 +106,23 @@ def test_docs_add_a_codec_example_is_the_shipped_codec():
     assert yaml.strip() == (root / "conf" / "codec" / "deflate.yaml").read_text().strip()
     code = [line for line in python.splitlines() if line.strip() and not line.lstrip().startswith(("import", "from"))]
     assert len(code) <= 20
+
+
+def test_a_codecs_id_is_its_yaml_file_name(tmp_path, monkeypatch):
+    """Every registered codec builds with its file name as its name; a YAML that names it otherwise is refused."""
+    from medcomp.codecs import registry
+    from medcomp.errors import MedcompError
+
+    for name in registry.available_codecs():
+        assert registry.get_codec(name).name == name
+    (tmp_path / "jpeg2.yaml").write_text("_target_: medcomp.codecs.classical.JPEG\n")  # a class named 'jpeg'
+    (tmp_path / "fit2.yaml").write_text("_target_: medcomp.codecs.fitted.FittedCodec\nname: siren\ndecoder: x.y\n")
+    monkeypatch.setattr(registry, "CODEC_DIR", tmp_path)
+    registry.codec_config.cache_clear()
+    try:
+        with pytest.raises(MedcompError, match=r"conf/codec/jpeg2.yaml builds a codec named 'jpeg'"):
+            registry.get_codec("jpeg2")
+        with pytest.raises(MedcompError, match=r"conf/codec/fit2.yaml sets 'name'"):
+            registry.get_codec("fit2")
+    finally:
+        registry.codec_config.cache_clear()

@@ -42,11 +42,23 @@ def codec_class(name: str) -> type[Codec]:
 
 
 def get_codec(name: str, **kwargs) -> Codec:
-    """The codec ``name`` with its YAML's settings; ``kwargs`` add to or replace them (e.g. ``ckpt=``, ``preset=``)."""
+    """The codec ``name`` with its YAML's settings; ``kwargs`` add to or replace them (e.g. ``ckpt=``, ``preset=``).
+
+    A codec's id is its YAML file's name: a class that serves several codecs (FittedCodec, TrainedCodec) is given it
+    as ``name``; a class with its own ``name`` must agree, and every file it writes carries that id."""
+    import inspect
+
     from hydra.utils import instantiate
 
+    cfg = codec_config(name)
+    if "name" in cfg:
+        raise MedcompError(f"conf/codec/{name}.yaml sets 'name': a codec's id is its file name, remove the key")
+    given = {"name": name} if "name" in inspect.signature(codec_class(name)).parameters else {}
     # _partial_, then call: kwargs may be objects (paths, modules) that a config node cannot hold
-    return instantiate(codec_config(name), _partial_=True)(**kwargs)
+    codec = instantiate(cfg, _partial_=True)(**given, **kwargs)
+    if codec.name != name:
+        raise MedcompError(f"conf/codec/{name}.yaml builds a codec named {codec.name!r}: a codec's id is its file name")
+    return codec
 
 
 def is_learned(name: str) -> bool:
