@@ -104,19 +104,15 @@ def _overlap(a, b) -> float:
 
 def rd_points(images, codecs, targets, desc: str = "rd") -> list[dict]:
     """Every codec at every target on every image: one row each (metrics from the decoded file)."""
-    import time
 
     from tqdm import tqdm
 
-    from medcomp.evaluation import evaluate
+    from medcomp.evaluation import encode_and_measure
 
     points = []
     for codec_name, target, image in tqdm([(c, t, im) for c in codecs for t in targets for im in images], desc=desc,
                                           unit="enc"):
-        codec = get_codec(codec_name)
-        t0 = time.perf_counter()
-        container = codec.encode(image, target)
-        row, _ = evaluate(image, container, codec, time.perf_counter() - t0, target, codec_name)
+        _, row, _ = encode_and_measure(get_codec(codec_name), image, target, codec_name)
         row["target"] = target.describe()
         points.append(row)
     return points

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import json
 import sys
-import time
 from pathlib import Path
 
 from medcomp.errors import MedcompError
@@ -46,7 +45,7 @@ def _error_bound(args, codec) -> float | None:
 def cmd_compress(args) -> int:
     from medcomp.codecs.registry import get_codec, is_learned, learned_codecs
     from medcomp.data.readers import read_image
-    from medcomp.evaluation import evaluate
+    from medcomp.evaluation import encode_and_measure
     from medcomp.utils.atomic import atomic_write_bytes
     from medcomp.utils.devices import computing_on, trainer_overrides_for
     from medcomp.utils.outputs import check_free_space, check_output_path
@@ -76,10 +75,7 @@ def cmd_compress(args) -> int:
     bound = _error_bound(args, codec)
     check_free_space(args.output, compressed_bound(image, target))
     with computing_on(device), killable():
-        t0 = time.perf_counter()
-        container = codec.encode(image, target) if bound is None else codec.encode_bounded(image, bound)
-        encode_s = time.perf_counter() - t0
-        row, decoded = evaluate(image, container, codec, encode_s, target)
+        container, row, decoded = encode_and_measure(codec, image, target, bound=bound)
     row.update(codec.rate_search or {})  # what the rate search cost, where the codec counts it
     if bound is not None:  # the guarantee is checked on the decode, never assumed
         from medcomp.metrics import max_abs_error

@@ -34,6 +34,21 @@ def evaluate(image: Image, container: Container, codec: Codec, encode_s: float, 
     return row, decoded
 
 
+def timed_encode(codec: Codec, image: Image, target: Target | None, bound: float | None = None) -> tuple[Container, float]:
+    """(file, encode wall seconds): ``codec.encode`` at ``target``, or ``encode_bounded`` to a max-error ``bound``."""
+    t0 = time.perf_counter()
+    container = codec.encode(image, target) if bound is None else codec.encode_bounded(image, bound)
+    return container, time.perf_counter() - t0
+
+
+def encode_and_measure(codec: Codec, image: Image, target: Target | None, label: str | None = None,
+                       bound: float | None = None) -> tuple[Container, dict, Image]:
+    """The one encode-and-measure path of the CLI, the tasks and the benchmarks: (file, metrics row, decoded)."""
+    container, encode_s = timed_encode(codec, image, target, bound)
+    row, decoded = evaluate(image, container, codec, encode_s, target, label)
+    return container, row, decoded
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
     """One line per codec: ratio from summed bytes, quality averaged over images, times summed."""
     out = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from medcomp.codecs.container import Container
 from medcomp.codecs.registry import get_codec, is_learned
 from medcomp.config import target_from_cfg
 from medcomp.data.image import Image
-from medcomp.evaluation import aggregate, evaluate
+from medcomp.evaluation import aggregate, evaluate, timed_encode
 from medcomp.fitting import fit
 from medcomp.utils.atomic import atomic_write_bytes, atomic_write_text
 from medcomp.utils.devices import computing_on
@@ -53,7 +52,7 @@ def _encode_and_evaluate(cfg: DictConfig, out: Path, target, loggers: list, fitt
     for name, codec in baselines.items():
         if codec.fitted:
             for i, image in enumerate(images):
-                encoded[name, i] = _timed_encode(codec, image, target)
+                encoded[name, i] = timed_encode(codec, image, target)
     if not fitted.trainer.is_global_zero:  # under DDP only rank zero writes files and logs results
         return {}
 
@@ -69,13 +68,13 @@ def _encode_and_evaluate(cfg: DictConfig, out: Path, target, loggers: list, fitt
     total_vox = sum(im.array.size for im in images)
     model_codec = model.as_codec()
     for image in images:
-        container, encode_s = _timed_encode(model_codec, image, target)
+        container, encode_s = timed_encode(model_codec, image, target)
         if model_codec.fitted:  # the fit trained every image's networks at once: its time, shared out by voxels
             encode_s = fitted.seconds * image.array.size / total_vox
         record(image, container, model_codec, encode_s, cfg.model_name)
     for name, codec in baselines.items():
         for i, image in enumerate(images):
-            container, encode_s = encoded.get((name, i)) or _timed_encode(codec, image, target)
+            container, encode_s = encoded.get((name, i)) or timed_encode(codec, image, target)
             record(image, container, codec, encode_s, name)
 
     summary = aggregate(rows)
@@ -94,12 +93,6 @@ def _encode_and_evaluate(cfg: DictConfig, out: Path, target, loggers: list, fitt
     print(summary_table(summary, title=f"{cfg.model_name} on {cfg.data_name}, target {target.describe()}"))
     print(f"outputs: {out}")
     return metrics
-
-
-def _timed_encode(codec: Codec, image: Image, target) -> tuple[Container, float]:
-    t0 = time.perf_counter()
-    container = codec.encode(image, target)
-    return container, time.perf_counter() - t0
 
 
 def _log_row(row: dict) -> None:
