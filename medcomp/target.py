@@ -1,5 +1,7 @@
-"""A rate target — a compression ratio or bits per pixel — the one thing data, models and codecs all need to know
-about compression; its own module so that none of them imports another's package for it."""
+"""Rate, in one module: the target (a compression ratio or bits per pixel — the one thing data, models and codecs all
+need to know about compression), the byte budget it sets, and the searches that fill it (fit_to_budget over any
+knob, fit_by_sample for the slow whole encodes, fill_budget over a quantiser's levels). Its own module so that none
+of data, models and codecs imports another's package for it."""
 
 from __future__ import annotations
 
@@ -27,9 +29,11 @@ class Target:
             raise MedcompError(f"rate target must be a positive finite number, got {value}")
 
     def target_bytes(self, image: Image) -> float:
-        if self.ratio is not None:
-            return image.nbytes / self.ratio
-        return self.bpp * image.array.size / 8.0
+        return self.budget_bytes(image.nbytes, image.array.size)
+
+    def budget_bytes(self, original_bytes: float, voxels: int) -> float:
+        """The byte ceiling for data of ``original_bytes`` over ``voxels`` (one image, or a set of them)."""
+        return original_bytes / self.ratio if self.ratio is not None else self.bpp * voxels / 8.0
 
     def ratio_for(self, image: Image) -> float:
         return image.nbytes / self.target_bytes(image)
@@ -194,3 +198,16 @@ class WholeEncodes:
 
     def report(self) -> dict:
         return {"whole_encodes": self.count, "sample_encodes": self.sample_count}
+
+
+def fill_budget(build, budget: float, lo: int, hi: int):
+    """``build(top)`` for the largest integer ``top`` in [lo, hi] whose file fits ``budget`` bytes (the
+    entropy-coded size grows with the number of levels). Width steps alone leave up to ~15 % of a budget unused; the
+    quantiser's levels are the fine knob that fills it. Returns ``build(lo)`` when even that does not fit."""
+    built = {}
+
+    def size(top):
+        built[top] = build(top)
+        return len(built[top].to_bytes())
+
+    return built[fit_to_budget(size, budget, lo, hi, integer=True)]

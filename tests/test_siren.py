@@ -70,7 +70,8 @@ def test_image_frame_coordinates_are_one_grid_over_the_padded_image():
 
 def test_fill_budget_takes_the_most_levels_that_fit():
     from medcomp.codecs.container import Container
-    from medcomp.codecs.quantize import fill_budget, pack_symbols, quantize, top_for_bits
+    from medcomp.codecs.quantize import pack_symbols, quantize, top_for_bits
+    from medcomp.target import fill_budget
 
     weights = [np.random.default_rng(0).normal(0, 0.1, (40, 30)).astype(np.float32)]
 
@@ -88,7 +89,8 @@ def test_fill_budget_meets_a_small_target_within_one_percent():
     """A small network (3328 weights, as per-block SIREN at CR 1024 on the abdomen CT): a frequency table costs more
     than it saves, and whole-bit packing jumped 416 bytes a bit (that file was 4 % small); flat rANS fills it."""
     from medcomp.codecs.container import Container
-    from medcomp.codecs.quantize import fill_budget, pack_symbols, quantize, top_for_bits
+    from medcomp.codecs.quantize import pack_symbols, quantize, top_for_bits
+    from medcomp.target import fill_budget
 
     weights = [np.random.default_rng(0).uniform(-1, 1, 3328).astype(np.float32)]
 

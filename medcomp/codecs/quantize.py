@@ -16,7 +16,6 @@ from medcomp.codecs.entropy import (
     uniform_size_estimate,
 )
 from medcomp.errors import CorruptFileError, MedcompError
-from medcomp.target import fit_to_budget
 
 
 def top_for_bits(bits: int) -> int:
@@ -119,16 +118,3 @@ def _bitunpack(data: bytes) -> np.ndarray:
         flat = np.unpackbits(packed[k * step : k * step + step])[: m * bits].reshape(m, bits).astype(np.int64)
         out[i : i + m] = (flat << shifts).sum(axis=1) + lo
     return out
-
-
-def fill_budget(build, budget: float, lo: int, hi: int):
-    """``build(top)`` for the largest integer ``top`` in [lo, hi] whose file fits ``budget`` bytes (the
-    entropy-coded size grows with the number of levels). Width steps alone leave up to ~15 % of a budget unused; the
-    quantiser's levels are the fine knob that fills it. Returns ``build(lo)`` when even that does not fit."""
-    built = {}
-
-    def size(top):
-        built[top] = build(top)
-        return len(built[top].to_bytes())
-
-    return built[fit_to_budget(size, budget, lo, hi, integer=True)]

@@ -11,7 +11,7 @@ import torch
 from medcomp.codecs.base import image_header
 from medcomp.codecs.container import Container
 from medcomp.codecs.deblock import check_strength, deblock, signal_best_strength
-from medcomp.codecs.quantize import dequantize, fill_budget, pack_symbols, quantize, top_for_bits, unpack_symbols
+from medcomp.codecs.quantize import dequantize, pack_symbols, quantize, top_for_bits, unpack_symbols
 from medcomp.data.block_datamodules import denormalise
 from medcomp.data.blocks import BlockLayout, assemble_blocks
 from medcomp.data.image import Image
@@ -24,7 +24,7 @@ from medcomp.nn.siren import (
     siren_shapes,
     width_for_budget,
 )
-from medcomp.target import Target
+from medcomp.target import Target, fill_budget
 from medcomp.utils import devices
 from medcomp.utils.devices import compute_device
 

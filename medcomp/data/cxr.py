@@ -122,15 +122,14 @@ def jpeg_quality_for(images: np.ndarray, target: Target) -> tuple[int, float]:
     """The JPEG quality (1…95) whose files meet ``target`` over ``images`` as every codec does (a ceiling: the
     highest quality whose aggregate ratio, original uint8 bytes / JPEG file bytes, is at least the target's).
     Returns (quality, ratio it gives)."""
-    orig = images[0].size * len(images)
-    goal = target.ratio if target.ratio is not None else 8.0 / target.bpp
+    orig = images[0].size * len(images)  # uint8: one byte a pixel
     sizes = {}
 
     def size(q):
         sizes[q] = sum(len(jpeg_bytes(im, q)) for im in images)
         return sizes[q]
 
-    quality = fit_to_budget(size, orig / goal, 1, 95, integer=True)
+    quality = fit_to_budget(size, target.budget_bytes(orig, orig), 1, 95, integer=True)
     return quality, orig / sizes[quality]
 
 

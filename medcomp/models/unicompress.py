@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from medcomp.codecs.base import Codec
 from medcomp.codecs.container import Container
 from medcomp.codecs.deblock import signal_best_strength
-from medcomp.codecs.quantize import fill_budget, top_for_bits
+from medcomp.codecs.quantize import top_for_bits
 from medcomp.codecs.unicompress import decode_unicompress, unicompress_container  # the file format
 from medcomp.codecs.unicompress_prior import Prior, prior_for
 from medcomp.data.kinds import covering_range
@@ -38,7 +38,7 @@ from medcomp.nn.siren import (
 )
 from medcomp.nn.vq import VectorQuantizer
 from medcomp.nn.wavelet import haar_dwt, pad_even
-from medcomp.target import Target
+from medcomp.target import Target, fill_budget
 from medcomp.utils.distributed import keep_every_parameter_in_graph, mean_over_ranks, same_on_every_rank
 
 log = logging.getLogger("medcomp")
