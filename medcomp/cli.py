@@ -43,7 +43,7 @@ def _error_bound(args, codec) -> float | None:
 
 
 def cmd_compress(args) -> int:
-    from medcomp.codecs.registry import get_codec, is_learned, learned_codecs
+    from medcomp.codecs.registry import fitted_codecs, get_codec, is_fitted
     from medcomp.data.readers import read_image
     from medcomp.evaluation import encode_and_measure
     from medcomp.utils.atomic import atomic_write_bytes
@@ -57,17 +57,17 @@ def cmd_compress(args) -> int:
     if not str(args.output).lower().endswith(".mcz"):
         raise MedcompError(f"{args.output}: the compressed file must end in .mcz")
     kwargs = _ckpt_kwargs(args.codec, args.ckpt)  # imports the codec's module here, so encode_s does not count it
-    if args.override and not is_learned(args.codec):
-        raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(learned_codecs()))}), "
+    if args.override and not is_fitted(args.codec):
+        raise MedcompError(f"--override applies to learned codecs ({', '.join(sorted(fitted_codecs()))}), "
                            f"not '{args.codec}'")
-    if is_learned(args.codec):  # a fitted codec fits on the device (one process); the user's overrides come last
+    if is_fitted(args.codec):  # a fitted codec fits on the device (one process); the user's overrides come last
         kwargs["overrides"] = [*trainer_overrides_for(device), *args.override]
     codec = get_codec(args.codec, **kwargs)
     if args.threads is not None:
         if args.threads < 1:
             raise MedcompError(f"--threads must be at least 1, got {args.threads}")
         codec.threads = args.threads
-    if is_learned(args.codec):
+    if is_fitted(args.codec):
         codec.fit_config()  # a bad override is one line now, before the image is read
     image = read_image(args.input, key=args.key)
     _print_notes(image.meta.get("notes", []))
@@ -123,10 +123,10 @@ def _ckpt_kwargs(codec: str, ckpt: str | None) -> dict:
 def _device_for(codec: str, name: str):
     """--device for a codec that runs a network (fitted or trained); "cpu" for the others, without importing torch
     (a classical codec's process would spend 1.3 s and 0.5 GB resident on it)."""
-    from medcomp.codecs.registry import available_codecs, is_learned, is_trained
+    from medcomp.codecs.registry import available_codecs, is_fitted, is_trained
     from medcomp.utils.devices import DEVICES, resolve_device
 
-    if codec in available_codecs() and (is_learned(codec) or is_trained(codec)):
+    if codec in available_codecs() and (is_fitted(codec) or is_trained(codec)):
         return resolve_device(name)
     if name not in DEVICES:
         return resolve_device(name)  # the one-line error for a misspelt device

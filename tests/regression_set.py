@@ -46,7 +46,7 @@ def cases() -> list[tuple[str, str, str, dict]]:
 def encode_all(shared: Path) -> dict[str, str]:
     import torch
 
-    from medcomp.codecs.registry import get_codec, is_learned
+    from medcomp.codecs.registry import get_codec, is_fitted
     from medcomp.target import Target
 
     images = inputs(shared)
@@ -55,7 +55,7 @@ def encode_all(shared: Path) -> dict[str, str]:
     torch.set_num_threads(1)
     try:  # the rest of a pytest session keeps its thread count
         for case, codec, name, target in cases():
-            kwargs = {"overrides": LEARNED_LIMIT} if is_learned(codec) else {}  # fits at debug=limit scale
+            kwargs = {"overrides": LEARNED_LIMIT} if is_fitted(codec) else {}  # fits at debug=limit scale
             container = get_codec(codec, **kwargs).encode(images[name], Target(**target))
             digests[case] = hashlib.sha256(container.to_bytes()).hexdigest()
     finally:

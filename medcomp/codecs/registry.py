@@ -61,7 +61,7 @@ def get_codec(name: str, **kwargs) -> Codec:
     return codec
 
 
-def is_learned(name: str) -> bool:
+def is_fitted(name: str) -> bool:
     """Whether encoding with ``name`` fits a network to the image (SIREN, UniCompress)."""
     return codec_class(name).fitted
 
@@ -71,8 +71,8 @@ def is_trained(name: str) -> bool:
     return codec_class(name).trained
 
 
-def learned_codecs() -> set[str]:
-    return {n for n in available_codecs() if is_learned(n)}
+def fitted_codecs() -> set[str]:
+    return {n for n in available_codecs() if is_fitted(n)}
 
 
 def trained_codecs() -> set[str]:

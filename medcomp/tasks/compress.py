@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from medcomp import runtime
 from medcomp.codecs.base import Codec
 from medcomp.codecs.container import Container
-from medcomp.codecs.registry import get_codec, is_learned
+from medcomp.codecs.registry import get_codec, is_fitted
 from medcomp.config import target_from_cfg
 from medcomp.data.image import Image
 from medcomp.evaluation import aggregate, evaluate, timed_encode
@@ -28,7 +28,7 @@ log = logging.getLogger("medcomp")
 def baseline_codecs(cfg: DictConfig) -> dict[str, Codec]:
     """``baselines: [siren, jpeg2000, hevc]``: conf/codec entries. Fitted ones are fitted like the run's model
     (same accelerator, devices, strategy)."""
-    return {name: get_codec(name, **({"overrides": runtime.trainer_overrides(cfg)} if is_learned(name) else {}))
+    return {name: get_codec(name, **({"overrides": runtime.trainer_overrides(cfg)} if is_fitted(name) else {}))
             for name in cfg.get("baselines") or []}
 
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medcomp.codecs.registry import accepts_table, available_codecs, decode_container, get_codec, is_learned
+from medcomp.codecs.registry import accepts_table, available_codecs, decode_container, get_codec, is_fitted
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
 from medcomp.metrics import psnr
 from medcomp.target import Target
 
 ROOT = Path(__file__).resolve().parents[2]
-CODING = [c for c in available_codecs() if not is_learned(c)]  # the fitted ones are checked through the CLI below
+CODING = [c for c in available_codecs() if not is_fitted(c)]  # the fitted ones are checked through the CLI below
 
 
 def ramp(shape, dtype, lo=100, step=7):
