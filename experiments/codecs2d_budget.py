@@ -45,8 +45,8 @@ from medcomp.codecs.trained2d import normalise, pad_plane
 from medcomp.data.image import from_unit, restore_dtype
 from medcomp.data.image_corpus import ImagesDataModule
 from medcomp.metrics import psnr
-from medcomp.models.cal_vae import CalVAE, optimiser_groups
-from medcomp.models.rnn_conv import RNNConv
+from medcomp.models.compression.cal_vae import CalVAE, optimiser_groups
+from medcomp.models.compression.rnn_conv import RNNConv
 from medcomp.target import Target, fit_to_budget
 from medcomp.utils.atomic import atomic_write_text
 

@@ -55,7 +55,7 @@ from medcomp.errors import MedcompError
 from medcomp.evaluation import evaluate
 from medcomp.fitting import fit
 from medcomp.metrics.quality import psnr
-from medcomp.models.unicompress import UniCompress
+from medcomp.models.compression.unicompress import UniCompress
 from medcomp.target import Target
 from medcomp.utils.atomic import atomic_write_text
 from medcomp.utils.devices import computing_on, resolve_device

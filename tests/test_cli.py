@@ -131,7 +131,7 @@ def test_classical_codec_does_not_import_the_learned_models():
     """Each codec's module is imported on first use of its name: a JPEG 2000 call stays light."""
     code = ("import sys; from medcomp.codecs.registry import get_codec, is_fitted, is_trained;"
             "get_codec('jpeg2000'); assert not is_fitted('hevc') and not is_trained('jpeg2000');"
-            "print(sorted(m for m in ('compressai', 'lightning', 'medcomp.models.unicompress') if m in sys.modules))")
+            "print(sorted(m for m in ('compressai', 'lightning', 'medcomp.models.compression.unicompress') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]"

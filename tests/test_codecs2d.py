@@ -15,8 +15,8 @@ from medcomp.data.image import Image
 from medcomp.data.image_corpus import ImagesDataModule
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
-from medcomp.models.cal_vae import CalVAE
-from medcomp.models.rnn_conv import RNNConv
+from medcomp.models.compression.cal_vae import CalVAE
+from medcomp.models.compression.rnn_conv import RNNConv
 from medcomp.nn.conv_rnn import Binarizer, ConvLSTMCell, PyramidPooling
 from medcomp.target import Target
 from tests.conftest import run_cli

@@ -12,8 +12,8 @@ import torch
 from medcomp.data.cxr import jpeg_degrade, jpeg_quality_for, patient_split, read_kermany
 from medcomp.distill import losses
 from medcomp.metrics.classification import auroc, bootstrap_auroc
-from medcomp.models.ct_lite import CTLite, siglip_loss
-from medcomp.models.mlcak import ViTWithAttention, auto_patch_size
+from medcomp.models.diagnosis.ct_lite import CTLite, siglip_loss
+from medcomp.models.diagnosis.mlcak import ViTWithAttention, auto_patch_size
 from medcomp.nn.btt import BTTLinear
 from medcomp.target import Target
 from tests.test_run import only_dir, run_py

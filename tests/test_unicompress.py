@@ -219,7 +219,7 @@ def test_groups_that_do_not_divide_the_blocks_are_a_corrupt_file(groups):
 
 
 def test_split_width_keeps_the_parameters_in_the_fewest_groups_narrow_enough():
-    from medcomp.models.unicompress import split_width
+    from medcomp.models.compression.unicompress import split_width
     from medcomp.nn.siren import siren_param_count, width_for_budget
 
     params = 43_000
@@ -291,7 +291,7 @@ def test_metrics_record_the_thread_count_the_bytes_depend_on(teacher_run):
 
 def test_target_too_small_is_a_clear_error():
     from medcomp.errors import MedcompError
-    from medcomp.models.unicompress import UniCompress
+    from medcomp.models.compression.unicompress import UniCompress
 
     m = UniCompress(target=Target(ratio=5000))
     image = Image(smooth_volume((20, 24)), None, name="tiny")
@@ -345,7 +345,7 @@ def test_student_with_its_own_encoder_logs_the_encoder_terms_until_the_codes_fre
 
 def test_unknown_block_codes_is_a_clear_error():
     from medcomp.errors import MedcompError
-    from medcomp.models.unicompress_student import UniCompressStudent
+    from medcomp.models.compression.unicompress_student import UniCompressStudent
 
     with pytest.raises(MedcompError, match="model.block_codes must be 'teacher' or 'own'"):
         UniCompressStudent(block_codes="mine")

@@ -13,7 +13,7 @@ from medcomp.codecs.registry import decode_container
 from medcomp.data import crops, kinds
 from medcomp.data.image import Image
 from medcomp.errors import MedcompError
-from medcomp.models import unicompress_prior as up  # meta-learning one
+from medcomp.models.compression import unicompress_prior as up  # meta-learning one
 from medcomp.target import Target
 from tests.conftest import ROOT, run_cli, smooth_volume
 

@@ -1,7 +1,7 @@
 """The UniCompress ``.mcz`` format (seed 001): the SIREN weights (one network, or one per group of blocks; Δ from a
 shipped prior when the header names one), the codewords that blocks use and one index per block, quantised and
 entropy-coded, plus the value range and a deblocking strength. The container writer and the decoder live here
-together; medcomp.models.unicompress fits the networks and chooses the levels that fill the target."""
+together; medcomp.models.compression.unicompress fits the networks and chooses the levels that fill the target."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def unicompress_container(image: Image, layout: BlockLayout, value_range, width:
     ``groups``: SIRENs in the file, each for an equal run of consecutive blocks (raster order). Written to the header
     only when > 1, so one-network files keep the bytes they had before the option existed.
     ``prior``: the file stores Δ = weights − prior (every group's network from the same prior) and names the prior by
-    id and sha256; the decoder adds the installed prior back (medcomp.models.unicompress_prior.prior_named)."""
+    id and sha256; the decoder adds the installed prior back (medcomp.models.compression.unicompress_prior.prior_named)."""
     used, remapped = np.unique(indices, return_inverse=True)
     if prior is not None:
         siren_params = [w - p for w, p in zip(siren_params, prior.params)]

@@ -3,7 +3,7 @@
 A prior file (.npz) holds one SIREN's tensors and a JSON record: architecture, normalisation, and provenance
 (training files with their sha256 and licence, the command, CPU minutes, steps). A UniCompress ``.mcz`` written from a
 prior stores Δ = weights − prior and names the prior by id and sha256; its decoder (medcomp.codecs.unicompress) finds
-it here. Meta-learning one is medcomp.models.unicompress_prior."""
+it here. Meta-learning one is medcomp.models.compression.unicompress_prior."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from medcomp.errors import MedcompError
 
 TASKS = {"compress": "medcomp.tasks.compress", "classify": "medcomp.tasks.classify",
          "pretrain": "medcomp.tasks.pretrain"}
-CONTRACTS = {"compress": "medcomp.models.contracts.CompressionModel", "classify": "medcomp.models.classifier.ClassifierModule",
+CONTRACTS = {"compress": "medcomp.models.contracts.CompressionModel", "classify": "medcomp.models.diagnosis.classifier.ClassifierModule",
              "pretrain": "medcomp.models.contracts.Pretrainer"}
 
 

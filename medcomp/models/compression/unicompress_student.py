@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from medcomp.distill.losses import hard_alignment, soft_kl
 from medcomp.errors import MedcompError
-from medcomp.models.unicompress import UniCompress
+from medcomp.models.compression.unicompress import UniCompress
 from medcomp.nn.fusion import AttentionFusion
 from medcomp.nn.siren import BatchedSiren, siren_param_count, width_for_budget
 from medcomp.target import Target

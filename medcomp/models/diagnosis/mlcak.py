@@ -17,7 +17,7 @@ from torch import nn
 
 from medcomp.distill.losses import attention_maps_mse, hard_alignment
 from medcomp.errors import MedcompError
-from medcomp.models.classifier import ClassifierModule, load_teacher
+from medcomp.models.diagnosis.classifier import ClassifierModule, load_teacher
 
 log = logging.getLogger("medcomp")
 

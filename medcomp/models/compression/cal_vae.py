@@ -33,7 +33,7 @@ with warnings.catch_warnings():  # compressai 1.2.8 scripts a helper with torch.
 
 from medcomp.codecs.entropy import with_tail
 from medcomp.errors import CorruptFileError
-from medcomp.models.codec2d import ImageCodecModule
+from medcomp.models.compression.codec2d import ImageCodecModule
 from medcomp.nn.wavelet import haar_dwt, haar_idwt
 
 # The λ ladder of the shipped weights: CompressAI's MSE ladder (its q1 … q8) and two levels below it, so that one file

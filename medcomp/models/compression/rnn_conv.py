@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medcomp.errors import CorruptFileError
-from medcomp.models.codec2d import ImageCodecModule
+from medcomp.models.compression.codec2d import ImageCodecModule
 from medcomp.nn.conv_rnn import Binarizer, ConvLSTMCell, PyramidPooling
 
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from medcomp.distill.losses import dual_attention, gram_style
 from medcomp.errors import MedcompError
-from medcomp.models.classifier import ClassifierModule, load_teacher
+from medcomp.models.diagnosis.classifier import ClassifierModule, load_teacher
 from medcomp.nn.btt import BTTLinear
 
 
