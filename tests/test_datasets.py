@@ -363,3 +363,35 @@ def test_missing_root_exits_2_with_one_line(tmp_path):
     assert r.returncode == 2
     line = r.stderr.strip().splitlines()[-1]
     assert line.startswith("medcomp: error:") and "Task03_Liver" in line and "medicaldecathlon.com" in line
+
+
+def test_cases_and_shards_select_from_the_split(tmp_path):
+    """data.cases picks cases by id; data.shard=K/N splits the id-sorted list so that the N shards hold every case
+    once, the same on any machine; bad ids and shards are one clear error."""
+    from medcomp.config import compose
+    from medcomp.errors import MedcompError
+
+    task = tmp_path / "msd" / "Task03_Liver"
+    training = []
+    for i in (3, 0, 5, 1, 4, 2):  # listed out of order
+        write_nifti(task / "imagesTr" / f"liver_{i}.nii.gz", hu_volume((4, 8, 8)), (2.5, 0.8, 0.8))
+        write_nifti(task / "labelsTr" / f"liver_{i}.nii.gz", np.zeros((4, 8, 8), np.uint8), (2.5, 0.8, 0.8))
+        training.append({"image": f"./imagesTr/liver_{i}.nii.gz", "label": f"./labelsTr/liver_{i}.nii.gz"})
+    (task / "dataset.json").write_text(json.dumps({"training": training}))
+
+    def ids(**kw):
+        return [c["id"] for c in DatasetDataModule("msd_liver", str(task.parent), split="all", **kw).selected_cases()]
+
+    every = ids(max_cases=None)
+    shards = [ids(shard=f"{k}/3") for k in range(3)]
+    assert sorted(sum(shards, [])) == sorted(every) and all(len(s) == 2 for s in shards)
+    assert shards[0] == sorted(every)[0::3] and ids(shard="0/3") == shards[0]  # stable
+    assert ids(cases=["liver_4", "liver_0"]) == ["liver_4", "liver_0"]
+    assert len(ids()) == 1  # neither: the first max_cases (1)
+    with pytest.raises(MedcompError, match="data.cases: liver_9 not in data=msd_liver split all"):
+        ids(cases=["liver_9"])
+    for bad in ("3/3", "x", "1/2/3"):
+        with pytest.raises(MedcompError, match=f"data.shard='{bad}'"):
+            ids(shard=bad)
+    cfg = compose(["data=msd_liver", f"data.root={task.parent}", "data.shard=1/3", "data.cases=[liver_1]"])
+    assert cfg.data.shard == "1/3" and list(cfg.data.cases) == ["liver_1"]

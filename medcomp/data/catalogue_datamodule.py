@@ -160,11 +160,43 @@ def monai_dataset(cases: list[dict], transform, cache: str = "none", cache_dir: 
 # ── the data config every dataset shares ─────────────────────────────────────────────────────────────────────────
 
 
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` → (K, N) with 0 ≤ K < N; None stays None."""
+    if shard in (None, "", "null"):
+        return None
+    try:
+        k, n = (int(v) for v in str(shard).split("/"))
+    except ValueError:
+        raise MedcompError(f"data.shard={shard!r}: expected K/N, e.g. 0/4") from None
+    if not 0 <= k < n:
+        raise MedcompError(f"data.shard={shard!r}: K must be in 0..N-1")
+    return k, n
+
+
+def select_cases(cases: list[dict], ids: list[str] | None, shard: tuple[int, int] | None, max_cases: int | None,
+                 where: str) -> list[dict]:
+    """``ids``: those cases, in that order (an unknown id is an error that lists the known ones); ``shard`` (K, N):
+    every N-th case of the id-sorted list from the K-th — stable whatever machine lists the folder, and the N shards
+    together hold every case once; neither: the first ``max_cases`` (null: all)."""
+    if ids:
+        by_id = {c["id"]: c for c in cases}
+        unknown = [i for i in ids if i not in by_id]
+        if unknown:
+            known = ", ".join(sorted(by_id)[:20]) + (" …" if len(by_id) > 20 else "")
+            raise MedcompError(f"data.cases: {', '.join(unknown)} not in {where} (its cases: {known})")
+        return [by_id[i] for i in ids]
+    if shard:
+        k, n = shard
+        return sorted(cases, key=lambda c: c["id"])[k::n]
+    return cases[:max_cases] if max_cases else cases
+
+
 class DatasetDataModule:
     """What ``data=<name>`` instantiates. Not itself a LightningDataModule: ``view_for(model)`` gives the one the
     model needs (codecs: images of ``split`` as blocks; classifiers: labelled 2-D batches)."""
 
     def __init__(self, name: str, root: str | None, split: str = "test", max_cases: int | None = 1,
+                 cases: list[str] | None = None, shard: str | None = None,
                  val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 42, download: bool = False,
                  spacing: list[float] | None = None, window: list[float] | None = None, padding: str = "edge",
                  cache: str = "none", cache_dir: str | None = None, num_workers: int | str = "auto",
@@ -180,6 +212,7 @@ class DatasetDataModule:
         if name not in DATASETS:
             raise MedcompError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
         self.name, self.root, self.split, self.max_cases = name, root, split, max_cases
+        self.case_ids, self.shard = [str(c) for c in cases] if cases else None, parse_shard(shard)
         self.split_args = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
         self.list_options = {"download": download, **(lister_options or {})}
         self.transform_args = {"spacing": spacing, "window": window, "padding": padding, "load_labels": load_labels}
@@ -197,6 +230,14 @@ class DatasetDataModule:
     def cases(self, split: str | None = None) -> list[dict]:
         listed = list_cases(self.name, self.root, **self.list_options)
         return split_cases(listed, split or self.split, **self.split_args)
+
+    def selected_cases(self) -> list[dict]:
+        """The cases of the split this run codes: ``cases`` (ids), or shard K of N of the id-sorted list, or else the
+        first ``max_cases``."""
+        cases = self.cases()
+        if not cases:
+            raise MedcompError(f"data={self.name}: no cases in split {self.split!r} under {self.root}")
+        return select_cases(cases, self.case_ids, self.shard, self.max_cases, f"data={self.name} split {self.split}")
 
     def view_for(self, task: str) -> L.LightningDataModule:
         """The data as ``task`` (run.py's ``task``: compress, classify, pretrain) takes it."""
@@ -222,7 +263,8 @@ class DatasetDataModule:
 
 
 class CasesBlockDataModule(BlockDataModule):
-    """The first ``max_cases`` cases of the split, read through the transform chain, as images for a codec."""
+    """The selected cases of the split (DatasetDataModule.selected_cases), read through the transform chain, as
+    images for a codec."""
 
     def __init__(self, source: DatasetDataModule, images=None, **block_args):
         super().__init__(images=images, **block_args)
@@ -230,10 +272,7 @@ class CasesBlockDataModule(BlockDataModule):
 
     def load_images(self) -> list[Image]:
         s = self.source
-        cases = s.cases()
-        if not cases:
-            raise MedcompError(f"data={s.name}: no cases in split {s.split!r} under {s.root}")
-        cases = cases[: s.max_cases] if s.max_cases else cases
+        cases = s.selected_cases()
         block = self.block_size
         ds = monai_dataset(cases, case_transforms(block=block, **s.transform_args), **s.cache_args)
         images = []
