@@ -185,6 +185,37 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_cases(args) -> int:
+    """The cases a data=<dataset> run would code: id, shape, dtype and size on disk, from headers alone."""
+    from hydra.utils import instantiate
+
+    from medcomp.config import compose
+    from medcomp.data.catalogue_datamodule import DatasetDataModule
+    from medcomp.data.readers import peek_shape
+
+    cfg = compose(list(args.overrides))
+    if not str(cfg.data._target_).endswith(".DatasetDataModule"):
+        raise MedcompError(f"medcomp cases lists a catalogue dataset (data=msd_liver, cremi, …), not data={cfg.data_name}")
+    dm: DatasetDataModule = instantiate(cfg.data)
+    chosen = dm.case_ids or dm.shard
+    cases = dm.selected_cases() if chosen else dm.cases()
+    rows = []
+    for c in cases:
+        ref = str(c["image"])
+        shape, dtype = peek_shape(ref)
+        on_disk = Path(ref.split(":")[0] if ":" in ref and not Path(ref).exists() else ref)
+        size = sum(f.stat().st_size for f in on_disk.rglob("*") if f.is_file()) if on_disk.is_dir() else on_disk.stat().st_size
+        rows.append({"id": c["id"], "shape": list(shape), "dtype": dtype, "bytes": size})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        what = "selected" if chosen else f"split {dm.split}"
+        print(f"data={cfg.data_name}, {what}: {len(rows)} cases")
+        for r in rows:
+            print(f"{r['id']:<40} {'×'.join(map(str, r['shape'])):>16} {r['dtype']:>8} {r['bytes'] / 1e6:>10.3f} MB")
+    return 0
+
+
 def cmd_bench_rd(args) -> int:
     from medcomp.bench import rd_benchmark
 
@@ -232,6 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="print a .mcz file's codec, shape, dtype, bytes, CR and bpp as JSON")
     i.add_argument("input")
     i.set_defaults(func=cmd_info)
+
+    cs = sub.add_parser("cases", help="list a dataset's cases (id, shape, dtype, size) from headers alone: "
+                                      "medcomp cases data=msd_liver data.root=DIR [data.split=all] [data.shard=0/4]")
+    cs.add_argument("overrides", nargs="+", help="Hydra overrides, as on run.py's command line")
+    cs.add_argument("--json", action="store_true", help="print the list as JSON")
+    cs.set_defaults(func=cmd_cases)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)

@@ -317,7 +317,14 @@ METHOD = {"chestxray8": ["model=mlcak", "data.image_size=64", "data.batch_size=4
 
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_reads_miniature_of_real_layout(tmp_path, name):
-    CHECKS[name](tmp_path)
+    root = CHECKS[name](tmp_path)
+    # medcomp cases reads shapes from headers alone: the same shape and stored dtype as reading the pixels
+    from medcomp.data.readers import peek_shape, read_image
+
+    first = DatasetDataModule(name, str(root), split="all").cases()[0]["image"]
+    stored = read_image(first) if ":" not in str(first)[2:] else read_image(*str(first).rsplit(":", 1))
+    shape, dtype = peek_shape(first)
+    assert shape == stored.array.shape, (first, shape, stored.array.shape)
 
 
 @pytest.mark.slow
@@ -395,3 +402,20 @@ def test_cases_and_shards_select_from_the_split(tmp_path):
             ids(shard=bad)
     cfg = compose(["data=msd_liver", f"data.root={task.parent}", "data.shard=1/3", "data.cases=[liver_1]"])
     assert cfg.data.shard == "1/3" and list(cfg.data.cases) == ["liver_1"]
+
+    # medcomp cases: the listing from headers alone (medcomp's z, y, x order), whole split or the selection
+    import builtins
+
+    from medcomp.cli import main
+    printed = []
+    real_print = builtins.print
+    builtins.print = lambda *a, **k: printed.append(" ".join(map(str, a)))
+    try:
+        assert main(["cases", "data=msd_liver", f"data.root={task.parent}", "data.split=all", "--json"]) == 0
+        assert main(["cases", "data=msd_liver", f"data.root={task.parent}", "data.split=all", "data.shard=1/3"]) == 0
+    finally:
+        builtins.print = real_print
+    listed = json.loads(printed[0])
+    assert sorted(r["id"] for r in listed) == sorted(every)
+    assert all(r["shape"] == [4, 8, 8] and r["dtype"] == "int16" and r["bytes"] > 0 for r in listed)
+    assert printed[1].startswith("data=msd_liver, selected: 2 cases") and shards[1][0] in printed[2]

@@ -600,3 +600,46 @@ def read_npy(path: Path) -> Image:
     except ValueError as exc:
         raise MedcompError(f"{path}: not a plain .npy array ({_first_line(exc)})") from exc
     return Image(array, None, {"format": "npy"})
+
+
+def peek_shape(ref: str | os.PathLike) -> tuple[tuple[int, ...], str]:
+    """(shape in medcomp's (z, y, x) order, stored dtype name) of an image from its headers alone — no pixel is
+    read: NIfTI and ITK headers, an HDF5 dataset's metadata (``file.h5:key``), DICOM headers (a series folder: its
+    files counted, one header read), a raster's header. For listing a dataset's cases (``medcomp cases``)."""
+    ref = str(ref)
+    path, _, key = ref.rpartition(":") if re.search(r"\.(h5|hdf5?|hdf):[^/\\]", ref) else (ref, "", "")
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix in (".h5", ".hdf5", ".hdf"):
+        import h5py
+
+        with h5py.File(path, "r") as fh:
+            ds = fh[key] if key else next(v for v in fh.values() if isinstance(v, h5py.Dataset))
+            return tuple(int(n) for n in ds.shape), ds.dtype.name
+    if suffix in (".nii", ".nii.gz"):
+        import nibabel as nib
+
+        hdr = nib.load(str(path)).header
+        return tuple(int(n) for n in reversed(hdr.get_data_shape()[:3])), hdr.get_data_dtype().name
+    if suffix in (".mha", ".mhd", ".nrrd"):
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        dtype = np.dtype(_itk_itemsizes().get(reader.GetPixelIDValue(), "u1")).name
+        return tuple(int(n) for n in reversed(reader.GetSize())), dtype
+    files = sorted((p for p in path.iterdir() if p.is_file()), key=natural_key) if path.is_dir() else [path]
+    if path.is_dir() and files and not _looks_like_dicom(files[0]):  # a folder of PNG/TIFF slices
+        (h, w), dtype = peek_shape(files[0])
+        return (len(files), h, w), dtype
+    if path.is_dir() or _looks_like_dicom(path):
+        ds = _dcmread(files[0], stop_before_pixels=True)
+        bits, signed = int(getattr(ds, "BitsAllocated", 16)), int(getattr(ds, "PixelRepresentation", 0))
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1) if len(files) == 1 else len(files)
+        shape = (int(ds.Rows), int(ds.Columns)) if frames == 1 and len(files) == 1 else (frames, int(ds.Rows), int(ds.Columns))
+        return shape, np.dtype(f"{'i' if signed else 'u'}{max(1, bits // 8)}").name
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as im:
+        return (im.height, im.width), np.dtype("u2" if im.mode.startswith("I;16") else "u1").name
