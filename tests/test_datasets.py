@@ -75,7 +75,7 @@ def write_dicom(path, stored: np.ndarray, *, modality="CT", position=(0, 0, 0), 
 def run_fdr(tmp_path, *overrides):
     out = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
     cfg = compose([*overrides, "debug=fdr", "logger=none", "callbacks=none", "baselines=[]",
-                   f"paths.output_dir={out}", "+save_final_checkpoint=false"])
+                   f"paths.output_dir={out}", "save_final_checkpoint=false"])
     run_task(cfg)
     return json.loads((out / "metrics.json").read_text())
 

@@ -47,7 +47,7 @@ def volume(tmp_path_factory):
 
 
 def _fit(tmp_path, *overrides, save=False):
-    cfg = compose([*overrides, "logger=none", "callbacks=none", "baselines=[]", f"+save_final_checkpoint={save}",
+    cfg = compose([*overrides, "logger=none", "callbacks=none", "baselines=[]", f"save_final_checkpoint={save}",
                    f"paths.output_dir={tmp_path}"])
     return fit(cfg)
 

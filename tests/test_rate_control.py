@@ -172,6 +172,6 @@ def test_one_target_object_reaches_every_fit_of_a_run(tmp_path, monkeypatch):
     np.save(tmp_path / "ct.npy", smooth_volume((8, 32, 32)))
     cfg = compose(["model=siren", "data=volume", f"data.path={tmp_path / 'ct.npy'}", "data.block_size_3d=[8,16,16]",
                    "model.fit_steps=2", "baselines=[siren]", "compression=cr10", "logger=none", "callbacks=none",
-                   "+save_final_checkpoint=false", f"paths.output_dir={tmp_path / 'run'}"])
+                   "save_final_checkpoint=false", f"paths.output_dir={tmp_path / 'run'}"])
     compress.run(cfg)
     assert len(made) == 1 and len(seen) == 2 and all(t is made[0] for t in seen)

@@ -101,3 +101,18 @@ def test_trained_2d_codec_fast_dev_run(tmp_path, model):
         here = decode_container(read_container(f), ckpt=weights).array  # what the run measured
         assert other.shape == tuple(row["shape"]) and other.dtype.name == row["dtype"]
         np.testing.assert_array_equal(other, here)
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_a_large_sweep_can_switch_off_checkpoints_and_reconstruction_pngs(tmp_path, keep):
+    from medcomp.config import compose
+    from medcomp.tasks import run_task
+
+    np.save(tmp_path / "ct.npy", smooth_volume((8, 32, 32)))
+    out = tmp_path / "run"
+    run_task(compose(["model=siren", "data=volume", f"data.path={tmp_path / 'ct.npy'}", "data.block_size_3d=[8,16,16]",
+                      "model.fit_steps=2", "baselines=[jpeg2000]", "compression=cr10", "logger=none", "callbacks=none",
+                      f"save_final_checkpoint={keep}", f"save_recon={keep}", f"paths.output_dir={out}"]))
+    assert (out / "metrics.json").is_file() and len(list((out / "mcz").glob("*.mcz"))) == 2
+    assert (out / "checkpoints" / "final.ckpt").is_file() == keep
+    assert len(list((out / "recon").glob("*.png"))) == (2 if keep else 0)

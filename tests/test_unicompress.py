@@ -241,7 +241,7 @@ def test_grouped_teacher_and_student_write_files_that_decode(tmp_path):
     image = Image(smooth_volume((16, 48, 48)), (1.0, 1.0, 1.0), name="v")
     for model in ("model=unicompress", "experiment=unicompress_nokd"):
         cfg = compose([model, *VOLUME_ARGS, "model.fit_steps=2", "model.max_width=8", "logger=none",
-                       "callbacks=none", "+save_final_checkpoint=false", f"paths.output_dir={tmp_path / model[-4:]}"])
+                       "callbacks=none", "save_final_checkpoint=false", f"paths.output_dir={tmp_path / model[-4:]}"])
         fitted = fit(cfg, images=[image], target=Target(ratio=24))
         c = fitted.model.export()[0]
         assert fitted.model.groups[0] > 1 and c.header["groups"] == fitted.model.groups[0]
@@ -406,7 +406,7 @@ def test_a_runs_fit_as_a_codec_encodes_its_own_images_at_its_target_only(tmp_pat
     from medcomp.fitting import fit
 
     cfg = compose(["model=unicompress", *VOLUME_ARGS, "model.fit_steps=2", "logger=none", "callbacks=none",
-                   "+save_final_checkpoint=false", f"paths.output_dir={tmp_path}"])
+                   "save_final_checkpoint=false", f"paths.output_dir={tmp_path}"])
     image = Image(smooth_volume((16, 48, 48)), (1.0, 1.0, 1.0), name="v")
     target = Target(ratio=24)
     fitted = fit(cfg, images=[image], target=target)

@@ -18,7 +18,7 @@ from medcomp.target import Target
 from tests.conftest import ROOT, run_cli, smooth_volume
 
 VOLUME = ["data=volume", "data.block_size_3d=[8,16,16]", "logger=none", "callbacks=none",
-          "+save_final_checkpoint=false", "baselines=[]"]
+          "save_final_checkpoint=false", "baselines=[]"]
 
 
 def tiny_prior(folder, steps: int = 3, width: int = 8, seed: int = 0):

@@ -44,7 +44,7 @@ class FittedCodec(Codec):
             check_override_syntax(self.name, self.overrides)
             try:
                 cfg = compose([f"model={self.name}", "data=volume", "logger=none", "callbacks=none",
-                               "baselines=[]", "+save_final_checkpoint=false", *self.overrides])
+                               "baselines=[]", "save_final_checkpoint=false", *self.overrides])
             except Exception as exc:  # noqa: BLE001 - Hydra's composition errors: unknown keys, groups, values
                 raise MedcompError(f"--override: {_hydra_reason(exc)}") from exc
             check_fit_values(cfg)

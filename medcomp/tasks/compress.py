@@ -62,7 +62,8 @@ def _encode_and_evaluate(cfg: DictConfig, out: Path, target, loggers: list, fitt
         row, decoded = evaluate(image, container, codec, encode_s, target, label)
         _log_row(row)
         mcz_files.append(_write_mcz(out, image, label, container))
-        figures.append(_figure(out, image, decoded, row))
+        if cfg.get("save_recon", True):
+            figures.append(_figure(out, image, decoded, row))
         rows.append(row)
 
     total_vox = sum(im.array.size for im in images)
