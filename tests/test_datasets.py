@@ -6,6 +6,7 @@ default model and with one method model."""
 import csv
 import json
 import random
+from pathlib import Path
 
 import h5py
 import nibabel as nib
@@ -419,3 +420,44 @@ def test_cases_and_shards_select_from_the_split(tmp_path):
     assert sorted(r["id"] for r in listed) == sorted(every)
     assert all(r["shape"] == [4, 8, 8] and r["dtype"] == "int16" and r["bytes"] > 0 for r in listed)
     assert printed[1].startswith("data=msd_liver, selected: 2 cases") and shards[1][0] in printed[2]
+
+
+def test_a_sharded_sweep_writes_each_case_once_skips_done_cases_and_survives_a_bad_one(tmp_path):
+    """data.shard over a 4-case MSD miniature: each case's outputs once, in a folder named by the case; the same
+    shard again skips what is done; a case whose file breaks fails alone (failed.json, one line) and the job
+    exits with an error naming it after the other cases ran."""
+    from medcomp.config import compose
+    from medcomp.errors import MedcompError
+    from medcomp.tasks import run_task
+
+    task = tmp_path / "msd" / "Task03_Liver"
+    training = []
+    for i in range(4):
+        write_nifti(task / "imagesTr" / f"liver_{i}.nii.gz", hu_volume((8, 32, 32)), (2.5, 0.8, 0.8))
+        write_nifti(task / "labelsTr" / f"liver_{i}.nii.gz", np.zeros((8, 32, 32), np.uint8), (2.5, 0.8, 0.8))
+        training.append({"image": f"./imagesTr/liver_{i}.nii.gz", "label": f"./labelsTr/liver_{i}.nii.gz"})
+    (task / "dataset.json").write_text(json.dumps({"training": training}))
+
+    def run(shard):
+        return run_task(compose(["model=siren", "data=msd_liver", f"data.root={task.parent}", "data.split=all",
+                                 f"data.shard={shard}", "data.block_size_3d=[8,16,16]", "model.fit_steps=2",
+                                 "baselines=[jpeg2000]", "compression=cr10", "logger=none", "callbacks=none",
+                                 "save_final_checkpoint=false", "save_recon=false", f"paths.log_dir={tmp_path / 'logs'}",
+                                 f"paths.output_dir={tmp_path / 'job'}"]))
+
+    first = [run("0/2"), run("1/2")]
+    assert sorted(first[0]["done"] + first[1]["done"]) == [f"liver_{i}" for i in range(4)]
+    root = Path(first[0]["cases_dir"])
+    assert sorted(p.name for p in root.iterdir()) == [f"liver_{i}" for i in range(4)]
+    assert all((root / f"liver_{i}" / "metrics.json").is_file() for i in range(4))
+    again = run("0/2")
+    assert again["done"] == [] and again["skipped"] == first[0]["done"]
+    # liver_0 (shard 0) is cut off half-way (no metrics.json) and its file is now truncated
+    (root / "liver_0" / "metrics.json").unlink()
+    image = task / "imagesTr" / "liver_0.nii.gz"
+    image.write_bytes(image.read_bytes()[:100])
+    with pytest.raises(MedcompError, match=r"1 of 2 cases failed: liver_0: "):
+        run("0/2")
+    failed = json.loads((root / "liver_0" / "failed.json").read_text())
+    assert failed["case"] == "liver_0" and "liver_0.nii.gz" in failed["error"]
+    assert (root / "liver_2" / "metrics.json").is_file()  # the other case of the shard: done before, kept

@@ -277,7 +277,15 @@ class CasesBlockDataModule(BlockDataModule):
         ds = monai_dataset(cases, case_transforms(block=block, **s.transform_args), **s.cache_args)
         images = []
         for i in range(len(ds)):
-            item = ds[i]
+            try:
+                item = ds[i]
+            except RuntimeError as exc:  # MONAI wraps a transform's error ("applying transform …"): say ours, once
+                cause = exc.__cause__
+                while cause is not None and not isinstance(cause, MedcompError):
+                    cause = cause.__cause__
+                if cause is None:
+                    raise
+                raise cause from None
             array = item["image"].numpy() if isinstance(item["image"], torch.Tensor) else np.asarray(item["image"])
             name = re.sub(r"[^A-Za-z0-9._-]+", "_", item["id"])
             images.append(Image(array, tuple(item["spacing"]) if item.get("spacing") else None,

@@ -33,6 +33,16 @@ def baseline_codecs(cfg: DictConfig) -> dict[str, Codec]:
 
 
 def run(cfg: DictConfig) -> dict:
+    """The run; with ``data.cases`` or ``data.shard`` on a dataset, each selected case as a run of its own
+    (medcomp.tasks.cases: written once, skipped when done, a failed case does not stop the others)."""
+    from medcomp.tasks.cases import is_case_run, run_cases
+
+    if is_case_run(cfg):
+        return run_cases(cfg, run_one)
+    return run_one(cfg)
+
+
+def run_one(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     target = target_from_cfg(cfg.compression)  # the run's one target: the model's fit, every baseline, evaluation

@@ -1,0 +1,81 @@
+"""A dataset, one case at a time (issue 39): with ``data.cases`` or ``data.shard`` a compress run codes each selected
+case as a run of its own, into ``<paths.cases_dir>/<settings>/<case id>/`` — a folder named by the case, not by the
+job, so that the jobs of a sweep write each case once and a re-launch finds what is done.
+
+- A case whose ``metrics.json`` is there is done and skipped (metrics.json is written last, atomically: a case cut
+  off half-way has none and is run again).
+- A case that fails (an unreadable file, a MedcompError, out of memory) leaves ``failed.json`` with its error line and
+  the job goes on to the next case; the job then exits 2 naming the failed cases.
+- ``<settings>`` is a digest of the run's resolved config less the case selection, the paths and the loggers: a
+  re-launch with other settings (a model option, the baselines, the target) writes beside, never over, the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from medcomp.errors import MedcompError
+from medcomp.utils.atomic import atomic_write_text
+
+log = logging.getLogger("medcomp")
+
+
+def is_case_run(cfg: DictConfig) -> bool:
+    data = cfg.get("data") or {}
+    return str(data.get("_target_", "")).endswith(".DatasetDataModule") and bool(data.get("cases") or data.get("shard"))
+
+
+def settings_digest(cfg: DictConfig) -> str:
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    for key in ("paths", "logger", "hydra", "resume"):
+        plain.pop(key, None)
+    for key in ("cases", "shard", "max_cases"):
+        plain.get("data", {}).pop(key, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def case_dir(cfg: DictConfig, case_id: str) -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in case_id)
+    return Path(cfg.paths.cases_dir) / settings_digest(cfg) / safe
+
+
+def run_cases(cfg: DictConfig, run_one: Callable[[DictConfig], dict]) -> dict:
+    from hydra.utils import instantiate
+
+    ids = [c["id"] for c in instantiate(cfg.data).selected_cases()]
+    done, skipped, failed = [], [], {}
+    for i, case_id in enumerate(ids, 1):
+        out = case_dir(cfg, case_id)
+        if (out / "metrics.json").is_file():
+            log.info("case %d/%d %s: done before (%s), skipped", i, len(ids), case_id, out)
+            skipped.append(case_id)
+            continue
+        one = cfg.copy()
+        OmegaConf.update(one, "data.cases", [case_id], force_add=True)
+        OmegaConf.update(one, "data.shard", None, force_add=True)
+        OmegaConf.update(one, "paths.output_dir", str(out))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "failed.json").unlink(missing_ok=True)
+        log.info("case %d/%d %s → %s", i, len(ids), case_id, out)
+        try:
+            run_one(one)
+        except (MedcompError, MemoryError, OSError) as exc:  # this case's own failure: the others still run
+            message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, MedcompError) else str(exc)
+            atomic_write_text(out / "failed.json", json.dumps({"case": case_id, "error": message}, indent=2))
+            log.error("case %s failed: %s", case_id, message)
+            failed[case_id] = message
+            continue
+        done.append(case_id)
+    summary = {"cases": ids, "done": done, "skipped": skipped, "failed": failed,
+               "cases_dir": str(Path(cfg.paths.cases_dir) / settings_digest(cfg))}
+    print(f"{len(done)} cases coded, {len(skipped)} done before, {len(failed)} failed ({summary['cases_dir']})")
+    if failed:
+        raise MedcompError(f"{len(failed)} of {len(ids)} cases failed: "
+                           + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in failed.items()))
+    return summary
