@@ -30,6 +30,12 @@ def width_for_budget(params: float, depth: int, in_dim: int, out_dim: int = 1) -
     return h
 
 
+def width_scaled_lr(lr: float, reference_width: int, width: int) -> float:
+    """``lr`` × min(1, √(reference width / width)): a wider SIREN takes smaller steps (UniCompress's fit and the
+    inner fit of its prior's meta-learning use the same rule)."""
+    return lr * min(1.0, math.sqrt(reference_width / width))
+
+
 class BatchedSiren(nn.Module):
     def __init__(self, n_nets: int, in_dim: int, width: int, depth: int, out_dim: int = 1, w0: float = 30.0,
                  w0_hidden: float | None = None):

@@ -35,6 +35,7 @@ from medcomp.nn.siren import (
     siren_param_count,
     siren_shapes,
     width_for_budget,
+    width_scaled_lr,
 )
 from medcomp.nn.vq import VectorQuantizer
 from medcomp.nn.wavelet import haar_dwt, pad_even
@@ -164,10 +165,7 @@ class UniCompress(BuiltInSetup, ImageFit, L.LightningModule):
                 return r["width"], groups_for_prior(budget - fixed, prior, hp.prior_bits, layout.n_blocks), prior
             message = (f"{image.name}: the {prior.id} prior's {r['width']}-wide SIREN needs {need:.0f} bytes at "
                        f"{hp.prior_bits_min:g} bits a weight; target {self.target.describe()} leaves {budget - fixed:.0f}")
-            if hp.prior != "auto":
-                raise MedcompError(message)
-            log.warning("unicompress: %s: random start", message)
-            prior = None
+            prior = self._prior_unusable(message)
         params = (budget - fixed) / (hp.weight_bits_min / 8)  # worst case: no entropy-coding gain
         width = width_for_budget(params, hp.depth, in_dim)
         if width < 2:
@@ -222,10 +220,14 @@ class UniCompress(BuiltInSetup, ImageFit, L.LightningModule):
             return prior
         message = (f"prior {prior.path} is for a depth-{prior.record['depth']} SIREN of {prior.record['in_dim']} inputs; "
                    f"this fit has depth {hp.depth} and {in_dim} inputs")
-        if hp.prior != "auto":
+        return self._prior_unusable(message)
+
+    def _prior_unusable(self, message: str) -> None:
+        """A prior that cannot start this fit: under model.prior=auto the paper's random start (logged), for a prior
+        named by path an error."""
+        if self.hparams.prior != "auto":
             raise MedcompError(message)
         log.warning("unicompress: %s: random start", message)
-        return None
 
     def _renormalise(self, i: int, value_range: tuple[float, float]) -> None:
         """Image i's blocks (in [−1, 1] over the image's min/max) re-mapped in place to ``value_range``: the prior's
@@ -332,7 +334,7 @@ class UniCompress(BuiltInSetup, ImageFit, L.LightningModule):
     def siren_lr(self, width: int) -> float:
         """``lr`` × min(1, √(reference width / width)). Measured on the abdomen CT at CR 64 (width 202): 5e-3 left the
         loss at the data variance, 1e-3 fitted; on data=sample (width 20) 5e-3 was best."""
-        return self.hparams.lr * min(1.0, math.sqrt(self.hparams.lr_reference_width / width))
+        return width_scaled_lr(self.hparams.lr, self.hparams.lr_reference_width, width)
 
     def configure_optimizers(self):
         # The attention fusion needs a transformer-sized step; INR and codebook fit fast (measured on data=sample:

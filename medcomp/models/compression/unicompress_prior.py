@@ -29,7 +29,7 @@ from medcomp.codecs.unicompress_prior import save_prior
 from medcomp.data.kinds import FIXED_RANGES, KINDS
 from medcomp.errors import MedcompError
 from medcomp.models.contracts import Pretrainer
-from medcomp.nn.siren import BatchedSiren
+from medcomp.nn.siren import BatchedSiren, width_scaled_lr
 
 log = logging.getLogger("medcomp")
 
@@ -66,8 +66,8 @@ class UniCompressPrior(Pretrainer, L.LightningModule):
         self.register_buffer("best_step", torch.tensor(-1))
 
     def inner_lr_for_width(self) -> float:
-        hp = self.hparams  # UniCompress.siren_lr: what the fit will use
-        return hp.inner_lr * min(1.0, math.sqrt(hp.lr_reference_width / hp.width))
+        hp = self.hparams  # what the fit will use (UniCompress.siren_lr)
+        return width_scaled_lr(hp.inner_lr, hp.lr_reference_width, hp.width)
 
     def crop_coordinates(self, shape, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(coordinates (V, d) of every voxel of a crop placed at random in the frame, block id (V,) of each)."""
@@ -91,28 +91,24 @@ class UniCompressPrior(Pretrainer, L.LightningModule):
         coords, block_id, n_blocks = self.crop_coordinates(crop.shape, generator)
         coords, block_id = coords.to(crop.device), block_id.to(crop.device)
         values = crop.reshape(-1)
-        fast = [p.detach().clone().requires_grad_(True) for p in self.net.parameters()]
+        fast = {name: p.detach().clone().requires_grad_(True) for name, p in self.net.named_parameters()}
         codes = (torch.randn(n_blocks, hp.code_dim, generator=generator) * hp.code_init).to(crop.device)
         codes.requires_grad_(True)
-        opt = torch.optim.Adam([{"params": fast, "lr": self.inner_lr_for_width()}, {"params": [codes], "lr": hp.code_lr}])
-        layers = hp.depth
-        weights, biases = fast[:layers], fast[layers:]  # ParameterList order: weights first, then biases
+        opt = torch.optim.Adam([{"params": list(fast.values()), "lr": self.inner_lr_for_width()},
+                                {"params": [codes], "lr": hp.code_lr}])
         first = last = float("nan")
         for k in range(hp.inner_steps):
             pick = torch.randint(values.numel(), (min(hp.points, values.numel()),), generator=generator).to(crop.device)
             x = torch.cat([coords[pick], codes[block_id[pick]]], dim=-1)[None]
-            for i, (w, b) in enumerate(zip(weights, biases)):
-                x = torch.baddbmm(b, x, w)
-                if i < layers - 1:
-                    x = torch.sin((self.net.w0 if i == 0 else self.net.w0_hidden) * x)
-            loss = F.mse_loss(x.reshape(-1), values[pick])
+            out = torch.func.functional_call(self.net, fast, (x,))  # the prior's network, with the fast weights
+            loss = F.mse_loss(out.reshape(-1), values[pick])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if k == 0:
                 first = float(loss.detach())
             last = float(loss.detach())
-        return [p.detach() for p in fast], first, last
+        return [fast[name].detach() for name, _ in self.net.named_parameters()], first, last
 
     def outer_lr_now(self) -> float:
         hp = self.hparams
