@@ -41,6 +41,18 @@ def test_both_codecs_are_registered_as_trained():
     assert {"cal_vae", "rnn_conv"} <= trained_codecs()
 
 
+def test_a_trained_codecs_network_is_the_one_its_model_config_trains(monkeypatch, tmp_path):
+    from medcomp.codecs import trained2d
+    from medcomp.models.compression.cal_vae import CalVAE
+    from medcomp.models.compression.rnn_conv import RNNConv
+
+    assert trained2d.trained_module_class("cal_vae") is CalVAE
+    assert trained2d.trained_module_class("rnn_conv") is RNNConv
+    monkeypatch.setattr("medcomp.config.CONF_DIR", tmp_path)  # no conf/model/cal_vae.yaml there
+    with pytest.raises(MedcompError, match=r"codec 'cal_vae' is trained, but conf/model/cal_vae.yaml does not name"):
+        trained2d.trained_module_class("cal_vae")
+
+
 @pytest.mark.parametrize("name", ["cal_vae", "rnn_conv"])
 def test_round_trip_in_separate_processes_is_bit_exact(tmp_path, name):
     weights = small_weights(name, tmp_path / "w.pt")

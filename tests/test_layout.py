@@ -53,11 +53,9 @@ def test_data_imports_no_codec_module():
 
 
 CONF = PACKAGE.parent / "conf"
-# Where a config group's dotted paths may point. The one path left outside its room: a trained 2-D codec's
-# `module:` (conf/codec/{cal_vae,rnn_conv}.yaml) names the LightningModule its weights file was saved from — the
-# network that decodes lives in that module (issue 38, not yet split into medcomp/nn).
+# Where a config group's dotted paths may point (a trained codec's LightningModule is found through
+# conf/model/<codec>.yaml, so conf/codec names nothing in medcomp.models).
 ROOMS = {"codec": "medcomp.codecs.", "data": "medcomp.data.", "model": "medcomp.models."}
-KNOWN_OUTSIDE = {("codec", "module")}
 
 
 def conf_paths() -> list[tuple[str, str, str, str]]:
@@ -89,7 +87,7 @@ def test_conf_paths_point_into_their_room_and_exist():
     for file, group, key, dotted in paths:
         module, _, name = dotted.rpartition(".")
         assert hasattr(importlib.import_module(module), name), f"conf/{file}: {key}: {dotted} does not exist"
-        if group in ROOMS and (group, key) not in KNOWN_OUTSIDE:
+        if group in ROOMS:
             assert dotted.startswith(ROOMS[group]), f"conf/{file}: {key}: {dotted} is outside {ROOMS[group]}*"
 
 

@@ -34,8 +34,9 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 def load_weights(path: str | Path, expect: str | None = None,
                  module_class: type[L.LightningModule] | None = None) -> tuple[L.LightningModule, str, dict]:
     """(module in eval mode ready to code, sha256 of the file, payload metadata). Loaded with weights_only=True.
-    ``expect``: the codec the weights must be for; ``module_class``: its LightningModule (default: the one its
-    ``conf/codec`` entry names — a weights file only ever names a registered trained codec, never code to import)."""
+    ``expect``: the codec the weights must be for; ``module_class``: its LightningModule (default: the one
+    ``conf/model/<codec>.yaml`` trains — a weights file only ever names a registered trained codec, never code to
+    import)."""
     path = Path(path)
     if not path.is_file():
         raise MedcompError(f"{path}: weights file not found")
@@ -52,12 +53,7 @@ def load_weights(path: str | Path, expect: str | None = None,
         raise MedcompError(f"{path}: not a medcomp codec weights file (format {WEIGHTS_FORMAT})")
     if expect and payload["model"] != expect:
         raise MedcompError(f"{path}: weights are for codec '{payload['model']}', not '{expect}'")
-    if module_class is None:
-        from hydra.utils import get_class
-
-        from medcomp.codecs.registry import codec_config
-
-        module_class = get_class(codec_config(payload["model"]).module)
+    module_class = module_class or trained_module_class(payload["model"])
     module = module_class(**payload["hparams"])
     try:
         module.load_state_dict(payload["state_dict"])
@@ -67,6 +63,21 @@ def load_weights(path: str | Path, expect: str | None = None,
     module.eval()
     module.prepare_coding()
     return module, sha, {"made_by": payload.get("made_by", ""), "hparams": payload["hparams"]}
+
+
+def trained_module_class(name: str) -> type[L.LightningModule]:
+    """The LightningModule that trains codec ``name``'s weights: ``conf/model/<name>.yaml``'s ``_target_``. Read from
+    the model's config, not a dotted path in conf/codec, so a codec's config never points into medcomp.models."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from medcomp.config import CONF_DIR
+
+    path = CONF_DIR / "model" / f"{name}.yaml"
+    target = OmegaConf.select(OmegaConf.load(path), "model._target_") if path.is_file() else None
+    if not target:
+        raise MedcompError(f"codec '{name}' is trained, but conf/model/{name}.yaml does not name its LightningModule")
+    return get_class(target)
 
 
 def default_weights(name: str) -> Path | None:
@@ -80,21 +91,21 @@ def normalise(array: np.ndarray) -> tuple[np.ndarray, dict]:
 
 
 class TrainedCodec(Codec):
-    """A trained network as a codec. ``name``: the codec; ``module``: its LightningModule class (dotted path);
+    """A trained network as a codec. ``name``: the codec (its LightningModule is the one ``model=<name>`` trains);
     ``ckpt``: its weights file (default: the one shipped in medcomp/assets)."""
 
     trained = True
     accepts = Accepts(min_side=8, float32_values=True)  # 2×2–6×6 slices: 8–25 dB at the best quality
 
-    def __init__(self, name: str, module: str, ckpt: str | Path | None = None):
-        self.name, self.module_path = name, module
+    def __init__(self, name: str, ckpt: str | Path | None = None):
+        self.name = name
         self.ckpt = Path(ckpt) if ckpt else default_weights(name)
         self._loaded = None
 
     @classmethod
     def holding(cls, module: L.LightningModule, ckpt: Path) -> TrainedCodec:
         """The codec of a module just trained in this process (its weights saved to ``ckpt``), kept in memory."""
-        codec = cls(module.codec_name, f"{type(module).__module__}.{type(module).__qualname__}", ckpt)
+        codec = cls(module.codec_name, ckpt)
         codec._loaded = (module, hashlib.sha256(Path(ckpt).read_bytes()).hexdigest())
         return codec
 
@@ -103,9 +114,7 @@ class TrainedCodec(Codec):
             if self.ckpt is None:
                 raise MedcompError(f"codec '{self.name}' needs trained weights: pass --ckpt WEIGHTS.pt "
                                    f"(run.py model={self.name} writes checkpoints/{self.name}.pt)")
-            from hydra.utils import get_class
-
-            module, sha, _ = load_weights(self.ckpt, self.name, get_class(self.module_path))
+            module, sha, _ = load_weights(self.ckpt, self.name)
             self._loaded = (module, sha)
         return self._loaded
 
