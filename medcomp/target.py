@@ -1,6 +1,7 @@
 """Rate, in one module: the target (a compression ratio or bits per pixel — the one thing data, models and codecs all
 need to know about compression), the byte budget it sets, and the searches that fill it (fit_to_budget over any
-knob, fit_by_sample for the slow whole encodes, fill_budget over a quantiser's levels). Its own module so that none
+knob, fit_by_sample for the slow whole encodes, fill_budget over a quantiser's levels, widest_fitting over a network's
+width). Its own module so that none
 of data, models and codecs imports another's package for it."""
 
 from __future__ import annotations
@@ -198,6 +199,19 @@ class WholeEncodes:
 
     def report(self) -> dict:
         return {"whole_encodes": self.count, "sample_encodes": self.sample_count}
+
+
+def widest_fitting(bytes_of_width: Callable[[int], float], budget: float) -> int:
+    """The widest network whose file fits ``budget`` bytes, ``bytes_of_width(w)`` growing with the width w; 0 when
+    not even width 1 fits. The one width solve of the fitted codecs (per-block SIREN, UniCompress and its student):
+    doubling until a width does not fit, then :func:`fit_to_budget`'s exact integer search between the last two, so
+    that a probe is never much larger than the budget (a codec may measure real placeholder files)."""
+    if bytes_of_width(1) > budget:
+        return 0
+    over = 2
+    while bytes_of_width(over) <= budget:
+        over *= 2
+    return int(fit_to_budget(bytes_of_width, budget, over // 2, over, integer=True))
 
 
 def fill_budget(build, budget: float, lo: int, hi: int):

@@ -110,3 +110,16 @@ def test_models_are_asked_through_their_contracts_not_hasattr():
     files = [*PACKAGE.rglob("*.py"), *(PACKAGE.parent / "experiments").glob("*.py")]
     found = [f"{p.name}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1) if probe.search(line)]
     assert found == []
+
+
+def test_one_width_solver():
+    """A network's width for a byte budget is solved in one place (medcomp.target.widest_fitting): no module
+    solves the SIREN's quadratic or walks a width down on its own."""
+    import re
+
+    solving = re.compile(r"math\.sqrt\(b \* b|width -= 1|while width")
+    found = [f"{p.relative_to(PACKAGE)}:{i}" for p in PACKAGE.rglob("*.py")
+             for i, line in enumerate(p.read_text().splitlines(), 1) if solving.search(line)]
+    assert found == []
+    users = [p.stem for p in PACKAGE.rglob("*.py") if re.search(r"\bwidest_(fitting|siren)\(", p.read_text())]
+    assert {"siren", "unicompress", "unicompress_student", "target"} <= set(users)

@@ -4,7 +4,7 @@ import torch
 
 from medcomp.data.block_datamodules import denormalise, normalise_blocks
 from medcomp.data.blocks import assemble_blocks, plan_blocks, split_blocks
-from medcomp.nn.siren import BatchedSiren, grid_coordinates, siren_param_count, width_for_budget
+from medcomp.nn.siren import BatchedSiren, grid_coordinates, siren_param_count, widest_siren
 
 
 @pytest.mark.parametrize("shape,block", [((10, 13), (4, 5)), ((7, 9, 11), (4, 4, 4)), ((8, 8), (16, 16))])
@@ -25,9 +25,9 @@ def test_first_block_is_top_left_corner():
 
 
 @pytest.mark.parametrize("depth,in_dim", [(3, 2), (5, 2), (5, 3), (2, 3)])
-def test_width_for_budget_is_the_largest_that_fits(depth, in_dim):
+def test_widest_siren_is_the_largest_that_fits(depth, in_dim):
     for budget in (50, 300, 1000, 12345):
-        w = width_for_budget(budget, depth, in_dim)
+        w = widest_siren(budget, depth, in_dim)
         assert siren_param_count(w, depth, in_dim) <= budget < siren_param_count(w + 1, depth, in_dim)
 
 

@@ -220,15 +220,15 @@ def test_groups_that_do_not_divide_the_blocks_are_a_corrupt_file(groups):
 
 def test_split_width_keeps_the_parameters_in_the_fewest_groups_narrow_enough():
     from medcomp.models.compression.unicompress import split_width
-    from medcomp.nn.siren import siren_param_count, width_for_budget
+    from medcomp.nn.siren import siren_param_count, widest_siren
 
     params = 43_000
-    assert split_width(params, 4, 11, 64, None) == (width_for_budget(params, 4, 11), 1)
+    assert split_width(params, 4, 11, 64, None) == (widest_siren(params, 4, 11), 1)
     width, groups = split_width(params, 4, 11, 64, 64)
     assert 64 % groups == 0 and width <= 64 and groups * siren_param_count(width, 4, 11) <= params
-    assert width_for_budget(params / (groups // 2), 4, 11) > 64  # half as many groups would be too wide
+    assert widest_siren(params / (groups // 2), 4, 11) > 64  # half as many groups would be too wide
     assert split_width(params, 4, 11, 7, 20)[1] == 7  # a prime block count: one network per block
-    assert split_width(2000, 4, 11, 64, 64) == (width_for_budget(2000, 4, 11), 1)  # narrow already
+    assert split_width(2000, 4, 11, 64, 64) == (widest_siren(2000, 4, 11), 1)  # narrow already
 
 
 def test_grouped_teacher_and_student_write_files_that_decode(tmp_path):

@@ -22,9 +22,8 @@ from medcomp.nn.siren import (
     grid_coordinates,
     siren_param_count,
     siren_shapes,
-    width_for_budget,
 )
-from medcomp.target import Target, fill_budget
+from medcomp.target import Target, fill_budget, widest_fitting
 from medcomp.utils import devices
 from medcomp.utils.devices import compute_device
 
@@ -60,12 +59,8 @@ def siren_container(image: Image, layout: BlockLayout, ranges: np.ndarray, width
 def solve_width(image: Image, layout: BlockLayout, ranges: np.ndarray, target: Target, depth: int, w0: float,
                 weight_dtype: str) -> int:
     """Widest SIREN whose whole ``.mcz`` (header, ranges, weights) fits the target bytes."""
-    budget = target.target_bytes(image)
-    itemsize = bytes_per_weight(weight_dtype)
-    fixed = len(siren_container(image, layout, ranges, 1, depth, w0, weight_dtype, b"").to_bytes())
-    width = width_for_budget((budget - fixed) / layout.n_blocks / itemsize, depth, len(layout.block))
-    while width >= 1 and len(siren_container(image, layout, ranges, width, depth, w0, weight_dtype).to_bytes()) > budget:
-        width -= 1
+    width = widest_fitting(lambda w: len(siren_container(image, layout, ranges, w, depth, w0, weight_dtype).to_bytes()),
+                           target.target_bytes(image))
     if width < 2:
         raise MedcompError(
             f"{image.name}: target {target.describe()} leaves no room for a SIREN on {layout.n_blocks} blocks of "

@@ -12,22 +12,17 @@ import math
 import torch
 from torch import nn
 
+from medcomp.target import widest_fitting
+
 
 def siren_param_count(width: int, depth: int, in_dim: int, out_dim: int = 1) -> int:
     """Parameters of one SIREN with ``depth`` linear layers: (L−2)h² + (in+L−1+out)h + out."""
     return (depth - 2) * width * width + (in_dim + depth - 1 + out_dim) * width + out_dim
 
 
-def width_for_budget(params: float, depth: int, in_dim: int, out_dim: int = 1) -> int:
-    """Largest width whose parameter count fits ``params`` (root of the quadratic above, floored)."""
-    if params < siren_param_count(1, depth, in_dim, out_dim):
-        return 0
-    a, b, c = depth - 2, in_dim + depth - 1 + out_dim, out_dim - params
-    h = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a) if a > 0 else -c / b
-    h = int(math.floor(h))
-    while h > 0 and siren_param_count(h, depth, in_dim, out_dim) > params:
-        h -= 1
-    return h
+def widest_siren(params: float, depth: int, in_dim: int, out_dim: int = 1) -> int:
+    """Largest width whose parameter count fits ``params`` (medcomp.target.widest_fitting, the one width solve)."""
+    return widest_fitting(lambda width: siren_param_count(width, depth, in_dim, out_dim), params)
 
 
 def width_scaled_lr(lr: float, reference_width: int, width: int) -> float:

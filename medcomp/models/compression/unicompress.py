@@ -34,7 +34,7 @@ from medcomp.nn.siren import (
     block_coordinates,
     siren_param_count,
     siren_shapes,
-    width_for_budget,
+    widest_siren,
     width_scaled_lr,
 )
 from medcomp.nn.vq import VectorQuantizer
@@ -73,12 +73,12 @@ def split_width(params: float, depth: int, in_dim: int, n_blocks: int, max_width
     most that wide. Why: a step costs ∝ width², so at a low ratio one wide SIREN gets few steps in a fixed time and is
     under-fitted (abdomen CT, CR 64, 30 s: width 202, 208 steps, below per-block SIREN); G networks of width w/√G
     hold the same parameters at 1/G of the cost a point."""
-    best = (width_for_budget(params, depth, in_dim), 1)
+    best = (widest_siren(params, depth, in_dim), 1)
     for groups in range(2, n_blocks + 1):
         if not max_width or best[0] <= max_width:
             break
         if n_blocks % groups == 0:
-            w = width_for_budget(params / groups, depth, in_dim)
+            w = widest_siren(params / groups, depth, in_dim)
             if w < 2:
                 break
             best = (w, groups)
@@ -167,7 +167,7 @@ class UniCompress(BuiltInSetup, ImageFit, L.LightningModule):
                        f"{hp.prior_bits_min:g} bits a weight; target {self.target.describe()} leaves {budget - fixed:.0f}")
             prior = self._prior_unusable(message)
         params = (budget - fixed) / (hp.weight_bits_min / 8)  # worst case: no entropy-coding gain
-        width = width_for_budget(params, hp.depth, in_dim)
+        width = widest_siren(params, hp.depth, in_dim)
         if width < 2:
             raise MedcompError(f"{image.name}: target {self.target.describe()} ({budget:.0f} bytes) leaves no room for "
                                f"the shared SIREN after {fixed} bytes of codebook, indices and header")

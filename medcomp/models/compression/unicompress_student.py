@@ -18,7 +18,7 @@ from medcomp.distill.losses import hard_alignment, soft_kl
 from medcomp.errors import MedcompError
 from medcomp.models.compression.unicompress import UniCompress
 from medcomp.nn.fusion import AttentionFusion
-from medcomp.nn.siren import BatchedSiren, siren_param_count, width_for_budget
+from medcomp.nn.siren import BatchedSiren, siren_param_count, widest_siren
 from medcomp.target import Target
 from medcomp.utils.distributed import keep_every_parameter_in_graph
 
@@ -76,7 +76,7 @@ class UniCompressStudent(UniCompress):
         self.groups = list(self.teacher.groups)  # the student's SIRENs cover the same runs of blocks
         for i, (teacher_width, blocks, layout) in enumerate(zip(self.teacher.widths, dm.blocks, dm.layouts)):
             budget = hp.max_param_ratio * siren_param_count(teacher_width, depth, in_dim)
-            width = min(teacher_width, width_for_budget(budget, depth, in_dim))
+            width = min(teacher_width, widest_siren(budget, depth, in_dim))
             if width < 1:
                 raise MedcompError(f"a teacher SIREN of width {teacher_width} leaves no student within "
                                    f"{hp.max_param_ratio} x its parameters; raise model.max_param_ratio")
