@@ -10,8 +10,6 @@ from omegaconf import DictConfig
 
 import medcomp.utils.resolvers  # noqa: F401 — ${mkdir:…}, ${sweep_group:} in the configs
 
-FAILED_JOBS: list[str] = []  # in a multirun: the jobs that failed (the others still run)
-
 
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
@@ -26,9 +24,10 @@ def _job_failed(cfg: DictConfig, message: str, code: int) -> float:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     from medcomp.utils.atomic import atomic_write_text
+    from medcomp.utils.failed_jobs import note_failure
 
     atomic_write_text(out / "failed.json", json.dumps({"error": message, "exit_code": code}, indent=2))
-    FAILED_JOBS.append(f"{out}: {message.splitlines()[-1] if message else ''}")
+    note_failure(out, message)
     return float("nan")
 
 
@@ -64,8 +63,10 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from medcomp.utils.failed_jobs import FAILED
+
     main()
-    if FAILED_JOBS:
-        print(f"medcomp: error: {len(FAILED_JOBS)} job(s) of the multirun failed; see failed.json in: "
-              + "; ".join(FAILED_JOBS), file=sys.stderr)
+    if FAILED:
+        print(f"medcomp: error: {len(FAILED)} job(s) of the multirun failed; see failed.json in: "
+              + "; ".join(f"{job}: {line}" for job, line in FAILED.items()), file=sys.stderr)
         sys.exit(2)

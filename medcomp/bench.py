@@ -64,8 +64,10 @@ def ct_eval_slices(shared: Path) -> list:
     return images
 
 
-def bd_metrics(ref: list[dict], test: list[dict]) -> dict:
-    """BD-rate (%) and BD-PSNR (dB) of ``test`` against ``ref`` (bjontegaard package, Akima interpolation).
+def bd_metrics(ref: list[dict], test: list[dict], min_points: int = 4) -> dict:
+    """BD-rate (%) and BD-PSNR (dB) of ``test`` against ``ref`` (bjontegaard package, Akima interpolation; with
+    fewer than three points a curve is a straight line between them, allowed by ``min_points`` < 3: a dataset
+    report's per-case curves over a sweep's two or three targets).
 
     Each metric is computed on its own: BD-PSNR integrates PSNR over the shared log-rate range, BD-rate integrates
     log-rate over the shared PSNR range. A metric whose range overlap is below 75 % would be an extrapolation, and
@@ -73,8 +75,8 @@ def bd_metrics(ref: list[dict], test: list[dict]) -> dict:
     """
     import bjontegaard as bd
 
-    if len(ref) < 4 or len(test) < 4:
-        return {"bd_rate": None, "bd_psnr": None, "note": "BD metrics need at least 4 RD points per codec"}
+    if len(ref) < min_points or len(test) < min_points:
+        return {"bd_rate": None, "bd_psnr": None, "note": f"BD metrics need at least {min_points} RD points per codec"}
     r = sorted(ref, key=lambda p: p["bpp"])
     t = sorted(test, key=lambda p: p["bpp"])
     args = ([p["bpp"] for p in r], [p["psnr"] for p in r], [p["bpp"] for p in t], [p["psnr"] for p in t])
@@ -150,7 +152,8 @@ def earlier_result(path: Path, settings: dict) -> dict | None:
 
 
 def rd_benchmark(inputs, codecs, ratios=None, bpps=None, reference="jpeg2000", name="rd",
-                 out_dir=Path("experiments/results"), key=None, command="") -> dict:
+                 out_dir=Path("experiments/results"), key=None, command="", images=None) -> dict:
+    """``inputs``: image files; or ``images`` already read (a dataset's case selection, medcomp.cli)."""
     out_dir = Path(out_dir)
     # Before any work, as compress and decompress do: the results are two plain files in out_dir (rewritten on a
     # rerun), never an input (`--name rd --out-dir .` beside rd.png replaced the image with its plot) nor outside it.
@@ -163,12 +166,15 @@ def rd_benchmark(inputs, codecs, ratios=None, bpps=None, reference="jpeg2000", n
     if not ratios and not bpps:
         ratios = [32, 64, 128, 256]
     targets = [Target(ratio=r) for r in ratios] if ratios else [Target(bpp=b) for b in bpps]
-    points = rd_points([read_image(p, key=key) for p in inputs], codecs, targets)
+    if images is None:
+        images = [read_image(p, key=key) for p in inputs]
+    points = rd_points(images, codecs, targets)
     curves = rd_curves(points, codecs, targets)
     if reference not in curves:
         raise MedcompError(f"reference codec '{reference}' is not among the benchmarked codecs {codecs}")
     bd = {c: bd_metrics(curves[reference], curves[c]) for c in codecs if c != reference}
-    result = {"name": name, "command": command, "inputs": [str(p) for p in inputs], "reference": reference,
+    result = {"name": name, "command": command, "inputs": [str(p) for p in inputs] or [im.name for im in images],
+              "reference": reference,
               "curves": curves, "bd_vs_reference": bd, "points": points, "machine": machine(),
               "date": datetime.now(UTC).isoformat(timespec="seconds")}
     atomic_write_text(out_dir / f"{name}.json", json.dumps(result, indent=2))

@@ -216,11 +216,46 @@ def cmd_cases(args) -> int:
     return 0
 
 
+def selected_dataset_images(overrides: list[str]) -> list:
+    """The images of a catalogue dataset's case selection (``data=msd_liver data.root=DIR data.shard=0/4`` …), read
+    as a run.py compress run reads them (no blocks, no padding)."""
+    from hydra.utils import instantiate
+
+    from medcomp.config import compose
+
+    cfg = compose(list(overrides))
+    if not str(cfg.data._target_).endswith(".DatasetDataModule"):
+        raise MedcompError(f"a case selection needs a catalogue dataset (data=msd_liver, cremi, …), not "
+                           f"data={cfg.data_name}")
+    return instantiate(cfg.data).read_selected()
+
+
 def cmd_bench_rd(args) -> int:
     from medcomp.bench import rd_benchmark
 
-    rd_benchmark(inputs=args.input, codecs=args.codecs, ratios=args.ratios, bpps=args.bpps, reference=args.reference,
-                 name=args.name, out_dir=Path(args.out_dir), key=args.key, command=" ".join(sys.argv))
+    # `--input a.nii data=…`: argparse hands the override to --input's list; a key=value that is no file is one
+    moved = [a for a in args.input or [] if "=" in a and not Path(a).exists()]
+    args.input = [a for a in args.input or [] if a not in moved] or None
+    args.overrides = [*moved, *args.overrides]
+    if bool(args.input) == bool(args.overrides):
+        raise MedcompError("medcomp bench rd: give --input FILE… or a dataset's case selection "
+                           "(data=msd_liver data.root=DIR [data.split=…] [data.shard=K/N | data.cases=[…]]), not both")
+    images = selected_dataset_images(args.overrides) if args.overrides else None
+    rd_benchmark(inputs=args.input or [], images=images, codecs=args.codecs, ratios=args.ratios, bpps=args.bpps,
+                 reference=args.reference, name=args.name, out_dir=Path(args.out_dir), key=args.key,
+                 command=" ".join(sys.argv))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from medcomp.dataset_report import make_report, print_report
+
+    report = make_report([Path(d) for d in args.sweep_dirs], out=args.out, reference=args.reference,
+                         wandb=not args.no_wandb, command=" ".join(sys.argv))
+    print_report(report)
+    out = Path(args.out or args.sweep_dirs[0])
+    print(f"report: {out / 'report.json'}" + (f", {out / 'report_rd.png'}" if report["rows"] else "")
+          + (f"; W&B run: {report['wandb_dir']}" if report.get("wandb_dir") else ""))
     return 0
 
 
@@ -273,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
     rd = bsub.add_parser("rd", help="rate-distortion curves, BD-rate and BD-PSNR against a reference codec")
-    rd.add_argument("--input", nargs="+", required=True)
+    rd.add_argument("--input", nargs="+", help="image files (or give a dataset's case selection as overrides)")
+    rd.add_argument("overrides", nargs="*", help="a catalogue dataset's cases, as on run.py's command line: "
+                                                 "data=msd_liver data.root=DIR [data.split=all] [data.shard=0/4]")
     rd.add_argument("--codecs", nargs="+", default=["jpeg", "jpeg2000", "jpegxl", "hevc", "sperr", "sz3"])
     grp = rd.add_mutually_exclusive_group()
     grp.add_argument("--ratios", nargs="+", type=float)
@@ -283,6 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
     rd.add_argument("--key")
     rd.add_argument("--out-dir", default="experiments/results")
     rd.set_defaults(func=cmd_bench_rd)
+
+    r = sub.add_parser("report", help="gather a dataset sweep's cases (data.shard / data.cases runs) into "
+                                      "report.json: mean ± 95 % CI per codec and target, BD vs a reference, RD plot")
+    r.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR",
+                   help="a sweep's multirun folder, its cases folder, or any folder above them (several: gathered)")
+    r.add_argument("--reference", default="hevc", help="the codec BD-rate and BD-PSNR are measured against")
+    r.add_argument("--out", help="where report.json and report_rd.png go (default: the first SWEEP_DIR)")
+    r.add_argument("--no-wandb", action="store_true", help="do not log the summary run to W&B")
+    r.set_defaults(func=cmd_report)
     return p
 
 

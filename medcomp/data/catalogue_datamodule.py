@@ -239,6 +239,28 @@ class DatasetDataModule:
             raise MedcompError(f"data={self.name}: no cases in split {self.split!r} under {self.root}")
         return select_cases(cases, self.case_ids, self.shard, self.max_cases, f"data={self.name} split {self.split}")
 
+    def read_selected(self, block: list[int] | None = None) -> list[Image]:
+        """The selected cases as images, read through the transform chain (``block``: data.padding=crop's block)."""
+        cases = self.selected_cases()
+        ds = monai_dataset(cases, case_transforms(block=block, **self.transform_args), **self.cache_args)
+        images = []
+        for i in range(len(ds)):
+            try:
+                item = ds[i]
+            except RuntimeError as exc:  # MONAI wraps a transform's error ("applying transform …"): say ours, once
+                cause = exc.__cause__
+                while cause is not None and not isinstance(cause, MedcompError):
+                    cause = cause.__cause__
+                if cause is None:
+                    raise
+                raise cause from None
+            array = item["image"].numpy() if isinstance(item["image"], torch.Tensor) else np.asarray(item["image"])
+            name = re.sub(r"[^A-Za-z0-9._-]+", "_", item["id"])
+            images.append(Image(array, tuple(item["spacing"]) if item.get("spacing") else None,
+                                {**item.get("meta", {}), "dataset": self.name}, name))
+            log.info("%s %s: %s %s, spacing %s", self.name, item["id"], array.shape, array.dtype, item.get("spacing"))
+        return images
+
     def view_for(self, task: str) -> L.LightningDataModule:
         """The data as ``task`` (run.py's ``task``: compress, classify, pretrain) takes it."""
         if task == "classify":
@@ -271,27 +293,7 @@ class CasesBlockDataModule(BlockDataModule):
         self.source = source
 
     def load_images(self) -> list[Image]:
-        s = self.source
-        cases = s.selected_cases()
-        block = self.block_size
-        ds = monai_dataset(cases, case_transforms(block=block, **s.transform_args), **s.cache_args)
-        images = []
-        for i in range(len(ds)):
-            try:
-                item = ds[i]
-            except RuntimeError as exc:  # MONAI wraps a transform's error ("applying transform …"): say ours, once
-                cause = exc.__cause__
-                while cause is not None and not isinstance(cause, MedcompError):
-                    cause = cause.__cause__
-                if cause is None:
-                    raise
-                raise cause from None
-            array = item["image"].numpy() if isinstance(item["image"], torch.Tensor) else np.asarray(item["image"])
-            name = re.sub(r"[^A-Za-z0-9._-]+", "_", item["id"])
-            images.append(Image(array, tuple(item["spacing"]) if item.get("spacing") else None,
-                                {**item.get("meta", {}), "dataset": s.name}, name))
-            log.info("%s %s: %s %s, spacing %s", s.name, item["id"], array.shape, array.dtype, item.get("spacing"))
-        return images
+        return self.source.read_selected(self.block_size)
 
 
 # ── labelled radiographs, read lazily (ChestX-ray8 has 112k images) ─────────────────────────────────────────────

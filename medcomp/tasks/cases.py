@@ -41,13 +41,22 @@ def settings_digest(cfg: DictConfig) -> str:
 
 
 def case_dir(cfg: DictConfig, case_id: str) -> Path:
-    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in case_id)
-    return Path(cfg.paths.cases_dir) / settings_digest(cfg) / safe
+    return Path(cfg.paths.cases_dir) / settings_digest(cfg) / case_folder_name(case_id)
+
+
+def case_folder_name(case_id: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in case_id)
 
 
 def run_cases(cfg: DictConfig, run_one: Callable[[DictConfig], dict]) -> dict:
+    import os
+    from datetime import UTC, datetime
+
     from hydra.utils import instantiate
 
+    from medcomp.utils.resolvers import sweep_group
+
+    started = datetime.now(UTC).isoformat(timespec="milliseconds")
     ids = [c["id"] for c in instantiate(cfg.data).selected_cases()]
     done, skipped, failed = [], [], {}
     for i, case_id in enumerate(ids, 1):
@@ -72,8 +81,13 @@ def run_cases(cfg: DictConfig, run_one: Callable[[DictConfig], dict]) -> dict:
             failed[case_id] = message
             continue
         done.append(case_id)
+    # the job's own record, in its Hydra folder: what `medcomp report <multirun folder>` follows to the cases
     summary = {"cases": ids, "done": done, "skipped": skipped, "failed": failed,
-               "cases_dir": str(Path(cfg.paths.cases_dir) / settings_digest(cfg))}
+               "cases_dir": str(Path(cfg.paths.cases_dir).resolve() / settings_digest(cfg)),
+               "case_folders": [case_folder_name(i) for i in ids], "sweep_group": sweep_group(),
+               "pid": os.getpid(), "started": started, "ended": datetime.now(UTC).isoformat(timespec="milliseconds")}
+    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(cfg.paths.output_dir) / "cases.json", json.dumps(summary, indent=2))
     print(f"{len(done)} cases coded, {len(skipped)} done before, {len(failed)} failed ({summary['cases_dir']})")
     if failed:
         raise MedcompError(f"{len(failed)} of {len(ids)} cases failed: "

@@ -13,7 +13,7 @@ def _mkdir(d: str) -> str:
     return str(d)
 
 
-def _sweep_group() -> str | None:
+def sweep_group() -> str | None:
     """${sweep_group:}: in a multirun, the sweep's directory name (one W&B group per sweep); otherwise null."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -25,7 +25,7 @@ def _sweep_group() -> str | None:
 
 def register() -> None:
     OmegaConf.register_new_resolver("mkdir", _mkdir, replace=True)
-    OmegaConf.register_new_resolver("sweep_group", _sweep_group, replace=True)
+    OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
 
 
 register()
