@@ -173,10 +173,10 @@ def test_jpeg_degradation_hits_its_target_ratio(mini_kermany):
 def test_training_augmentation_feeds_teacher_and_students_the_same_view(mini_kermany):
     import torch.nn.functional as F
 
-    from medcomp.data.cxr import CXRClassificationDataModule
+    from medcomp.data.cxr import RadiographClassificationDataModule
 
     def datamodule():
-        dm = CXRClassificationDataModule("kermany", str(mini_kermany), ["bacterial", "viral"], resolution=28,
+        dm = RadiographClassificationDataModule("kermany", str(mini_kermany), ["bacterial", "viral"], resolution=28,
                                          degrade_jpeg=True, jpeg_ratio=10, augment=True, seed=3)
         dm.setup()
         return dm

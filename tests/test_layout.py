@@ -123,3 +123,13 @@ def test_one_width_solver():
     assert found == []
     users = [p.stem for p in PACKAGE.rglob("*.py") if re.search(r"\bwidest_(fitting|siren)\(", p.read_text())]
     assert {"siren", "unicompress", "unicompress_student", "target"} <= set(users)
+
+
+def test_one_classification_datamodule():
+    """Kermany, PneumoniaMNIST and the catalogue's labelled radiographs are served by one DataModule."""
+    import re
+
+    declared = [f"{p.relative_to(PACKAGE)}:{m}" for p in PACKAGE.rglob("*.py")
+                for m in re.findall(r"class (\w+)\((?:L\.)?LightningDataModule\):\n(?:    .*\n|\n)*?    is_classification = True",
+                                    p.read_text())]
+    assert declared == ["data/cxr.py:RadiographClassificationDataModule"]

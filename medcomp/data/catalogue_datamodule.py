@@ -14,13 +14,11 @@ import re
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.transforms import MapTransform
 
 from medcomp.data.block_datamodules import BlockDataModule
 from medcomp.data.catalogue import DATASETS, list_cases, split_cases
-from medcomp.data.cxr import RadiographAugment, degraded_views
-from medcomp.data.image import Image, to_unit
+from medcomp.data.image import Image
 from medcomp.data.readers import read_image
 from medcomp.errors import MedcompError
 
@@ -261,6 +259,23 @@ class DatasetDataModule:
             log.info("%s %s: %s %s, spacing %s", self.name, item["id"], array.shape, array.dtype, item.get("spacing"))
         return images
 
+    def labelled_splits(self, findings: list[str], max_train: int | None) -> dict:
+        """train/val/test of a labelled radiograph dataset as MONAI datasets, read as drawn (ChestX-ray8: 112k)."""
+        transform = case_transforms(**{**self.transform_args, "padding": "edge"})
+        splits = {}
+        for split in ("train", "val", "test"):
+            cases = self.cases(split)
+            if split == "train" and max_train:
+                cases = cases[:max_train]
+            if not cases:
+                raise MedcompError(f"data={self.name}: split {split!r} is empty under {self.root}")
+            missing = [n for n in findings if n not in cases[0]["targets"]]
+            if missing:
+                raise MedcompError(f"data.findings: {missing[0]!r} is not a {self.name} label "
+                                   f"(labels: {', '.join(cases[0]['targets'])})")
+            splits[split] = monai_dataset(cases, transform, **self.cache_args)
+        return splits
+
     def view_for(self, task: str) -> L.LightningDataModule:
         """The data as ``task`` (run.py's ``task``: compress, classify, pretrain) takes it."""
         if task == "classify":
@@ -274,14 +289,15 @@ class DatasetDataModule:
         if DATASETS[self.name].kind != "cxr":
             raise MedcompError(f"data={self.name} has volumes, not labelled radiographs: the classifiers take "
                                f"data=kermany, chestxray8, vindr_cxr or pneumoniamnist")
-        if self.name == "kermany":  # small enough to hold in memory, decoded once
-            from medcomp.data.cxr import CXRClassificationDataModule
+        from medcomp.data.cxr import RadiographClassificationDataModule
 
-            return CXRClassificationDataModule("kermany", self.root, seed=self.split_args["seed"],
-                                               val_fraction=self.split_args["val_fraction"],
-                                               num_workers=self.loader_workers, pin_memory=self.pin_memory,
-                                               persistent_workers=self.persistent_workers, **self.classification_args)
-        return CasesClassificationDataModule(self, **self.classification_args)
+        # Kermany is small enough to hold in memory, decoded once; the others are read as drawn
+        return RadiographClassificationDataModule(self.name, self.root, seed=self.split_args["seed"],
+                                                  val_fraction=self.split_args["val_fraction"],
+                                                  num_workers=self.loader_workers, pin_memory=self.pin_memory,
+                                                  persistent_workers=self.persistent_workers,
+                                                  source=None if self.name == "kermany" else self,
+                                                  **self.classification_args)
 
 
 class CasesBlockDataModule(BlockDataModule):
@@ -294,97 +310,3 @@ class CasesBlockDataModule(BlockDataModule):
 
     def load_images(self) -> list[Image]:
         return self.source.read_selected(self.block_size)
-
-
-# ── labelled radiographs, read lazily (ChestX-ray8 has 112k images) ─────────────────────────────────────────────
-
-
-class _RadiographItems(torch.utils.data.Dataset):
-    def __init__(self, base, names: list[str], image_size: int, resolution: int | None, jpeg_quality: int | None,
-                 augment=None):
-        self.base, self.names = base, names
-        self.image_size, self.resolution, self.jpeg_quality = image_size, resolution, jpeg_quality
-        self.augment = augment  # medcomp.data.cxr.RadiographAugment for training, applied before the degraded copies
-
-    def __len__(self):
-        return len(self.base)
-
-    def __getitem__(self, i):
-        item = self.base[i]
-        a = item["image"].float()
-        if a.dim() == 3:  # a stored multi-frame radiograph: its first frame
-            a = a[0]
-        a = to_unit(a, a.min(), a.max())
-        if item.get("meta", {}).get("photometric") == "MONOCHROME1":  # DICOM: bright means low values; flip
-            a = 1 - a
-        image = F.interpolate(a[None, None], size=(self.image_size,) * 2, mode="area")[0]
-        if self.augment is not None:
-            image = self.augment(image)
-        targets = torch.tensor([float(item["targets"][n]) for n in self.names])
-        return {"image": image, "label": (targets.max() > 0).long(), "findings": targets,
-                **degraded_views(image, self.resolution, self.jpeg_quality)}
-
-
-class CasesClassificationDataModule(L.LightningDataModule):
-    """Labelled radiographs (ChestX-ray8, VinDr-CXR): MCCT label = any finding; MLCT findings = ``findings``."""
-
-    def __init__(self, source: DatasetDataModule, findings: list[str], image_size: int = 224,
-                 resolution: int | None = None, degrade_jpeg: bool = False, jpeg_ratio: float | None = None,
-                 jpeg_bpp: float | None = None, batch_size: int = 32, max_train: int | None = None,
-                 augment: bool = False):
-        super().__init__()
-        self.source, self.finding_names, self.augment = source, list(findings), augment
-        self.image_size, self.resolution, self.batch_size, self.max_train = image_size, resolution, batch_size, max_train
-        self.degrade_jpeg, self.jpeg_ratio, self.jpeg_bpp = degrade_jpeg, jpeg_ratio, jpeg_bpp
-        self.degrade_quality, self.jpeg, self.items = None, {}, {}
-
-    def setup(self, stage=None):
-        if self.items:
-            return
-        s = self.source
-        transform = case_transforms(**{**s.transform_args, "padding": "edge"})
-        for split in ("train", "val", "test"):
-            cases = s.cases(split)
-            if split == "train" and self.max_train:
-                cases = cases[: self.max_train]
-            if not cases:
-                raise MedcompError(f"data={s.name}: split {split!r} is empty under {s.root}")
-            missing = [n for n in self.finding_names if n not in cases[0]["targets"]]
-            if missing:
-                raise MedcompError(f"data.findings: {missing[0]!r} is not a {s.name} label "
-                                   f"(labels: {', '.join(cases[0]['targets'])})")
-            self.items[split] = monai_dataset(cases, transform, **s.cache_args)
-        if self.degrade_jpeg:
-            from medcomp.data.cxr import jpeg_quality_for
-            from medcomp.target import Target
-
-            plain = _RadiographItems(self.items["train"], self.finding_names, self.image_size, None, None)
-            sample = np.stack([(plain[i]["image"][0] * 255).round().byte().numpy()
-                               for i in range(min(len(plain), 64))])
-            target = Target(ratio=self.jpeg_ratio, bpp=None if self.jpeg_ratio else self.jpeg_bpp)
-            self.degrade_quality, ratio = jpeg_quality_for(sample, target)
-            # Measured from the JPEG files of a training sample (the split is read lazily, image by image).
-            self.jpeg = {"quality": self.degrade_quality, "ratio_target": self.jpeg_ratio or 8.0 / self.jpeg_bpp,
-                         "ratio_actual_train_sample": ratio, "sample_images": len(sample)}
-
-    def _loader(self, split: str, shuffle: bool):
-        from medcomp.utils.distributed import eval_sampler, loader_settings, trainer_rank
-
-        augment = RadiographAugment(self.image_size, self.source.split_args["seed"], trainer_rank(self.trainer)) \
-            if split == "train" and self.augment else None
-        ds = _RadiographItems(self.items[split], self.finding_names, self.image_size, self.resolution,
-                              self.degrade_quality, augment)
-        workers = loader_settings(self.trainer, self.source.loader_workers, self.source.pin_memory)
-        # validation: an unpadded shard per DDP rank, gathered by the model (the test split is scored by rank zero)
-        return torch.utils.data.DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, **workers,
-                                           sampler=eval_sampler(ds, self.trainer) if split == "val" else None,
-                                           persistent_workers=self.source.persistent_workers and workers["num_workers"] > 0)
-
-    def train_dataloader(self):
-        return self._loader("train", True)
-
-    def val_dataloader(self):
-        return self._loader("val", False)
-
-    def test_dataloader(self):
-        return self._loader("test", False)

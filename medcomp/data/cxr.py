@@ -1,4 +1,5 @@
-"""Chest X-ray classification data: Kermany (folder layout) and PneumoniaMNIST (npz), with the two degradations the
+"""Chest X-ray classification data — Kermany (folder layout) and PneumoniaMNIST (npz) held in memory, a catalogue
+dataset's labelled radiographs (ChestX-ray8, VinDr-CXR) read as drawn — in one DataModule, with the two degradations the
 diagnosis methods study — low resolution (MLCAK: the same images downsampled) and JPEG (CT-Lite: a quality chosen so
 the files meet the ``compression`` group's target, measured from their bytes).
 
@@ -192,7 +193,7 @@ def degraded_views(image: torch.Tensor, resolution: int | None, jpeg_quality: in
     return out
 
 
-class _SplitDataset(Dataset):
+class _HeldDataset(Dataset):
     """Decoded images held in memory (uint8). With ``augment`` each item is a new view of the image, and its
     low-resolution / JPEG copies are made from that view; without, the precomputed copies are served."""
 
@@ -212,8 +213,97 @@ class _SplitDataset(Dataset):
         return item
 
 
-class CXRClassificationDataModule(L.LightningDataModule):
-    """Kermany (``dataset=kermany``, a folder root) or PneumoniaMNIST (``dataset=pneumoniamnist``, an npz path)."""
+class HeldSplit:
+    """A split decoded into memory once (Kermany, PneumoniaMNIST: small enough); its degraded copies are made once."""
+
+    def __init__(self, split: Split):
+        self.split = split
+
+    def jpeg_sample(self, image_size: int) -> np.ndarray:
+        return self.split.images[:: max(1, len(self.split.images) // 256)]
+
+    def compress(self, quality: int) -> dict:
+        decoded, nbytes = jpeg_degrade(self.split.images, quality)
+        self.split.jpeg = decoded
+        return {"ratio_actual": self.split.images.nbytes / nbytes, "bpp": 8.0 * nbytes / self.split.images.size}
+
+    def dataset(self, image_size: int, resolution: int | None, jpeg_quality: int | None,
+                augment: RadiographAugment | None) -> Dataset:
+        split = self.split
+        images = torch.from_numpy(split.images).unsqueeze(1)
+        tensors = {"image": images, "label": torch.from_numpy(split.labels), "findings": torch.from_numpy(split.findings)}
+        if resolution and resolution < image_size:
+            # Area downsampling of the same images (what a low-resolution acquisition or storage keeps).
+            low = F.interpolate(images.float(), size=(resolution,) * 2, mode="area")
+            tensors["lowres"] = low.round().clamp(0, 255).to(torch.uint8)
+        if split.jpeg is not None:
+            tensors["jpeg"] = torch.from_numpy(split.jpeg).unsqueeze(1)
+        if augment is not None:
+            return _HeldDataset(tensors, augment, resolution, jpeg_quality)
+        return _HeldDataset(tensors)
+
+    def describe(self) -> str:
+        s = self.split
+        return f"{len(s.labels)} images ({int(s.labels.sum())} abnormal), {len(set(s.groups))} patients"
+
+
+class _LazyDataset(Dataset):
+    """Labelled radiographs read one at a time through MONAI (medcomp.data.catalogue_datamodule's transform chain)."""
+
+    def __init__(self, base, names: list[str], image_size: int, resolution: int | None, jpeg_quality: int | None,
+                 augment=None):
+        self.base, self.names = base, names
+        self.image_size, self.resolution, self.jpeg_quality = image_size, resolution, jpeg_quality
+        self.augment = augment  # RadiographAugment for training, applied before the degraded copies
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        from medcomp.data.image import to_unit
+
+        item = self.base[i]
+        a = item["image"].float()
+        if a.dim() == 3:  # a stored multi-frame radiograph: its first frame
+            a = a[0]
+        a = to_unit(a, a.min(), a.max())
+        if item.get("meta", {}).get("photometric") == "MONOCHROME1":  # DICOM: bright means low values; flip
+            a = 1 - a
+        image = F.interpolate(a[None, None], size=(self.image_size,) * 2, mode="area")[0]
+        if self.augment is not None:
+            image = self.augment(image)
+        targets = torch.tensor([float(item["targets"][n]) for n in self.names])
+        return {"image": image, "label": (targets.max() > 0).long(), "findings": targets,
+                **degraded_views(image, self.resolution, self.jpeg_quality)}
+
+
+class LazySplit:
+    """A split read image by image (ChestX-ray8 has 112k images); its degraded copies are made as items are drawn."""
+
+    SAMPLE = 64  # training images the JPEG quality is chosen on
+
+    def __init__(self, items, names: list[str]):
+        self.items, self.names = items, names
+
+    def jpeg_sample(self, image_size: int) -> np.ndarray:
+        plain = _LazyDataset(self.items, self.names, image_size, None, None)
+        return np.stack([(plain[i]["image"][0] * 255).round().byte().numpy() for i in range(min(len(plain), self.SAMPLE))])
+
+    def compress(self, quality: int) -> dict:
+        return {}  # each image is JPEG-coded when drawn
+
+    def dataset(self, image_size: int, resolution: int | None, jpeg_quality: int | None,
+                augment: RadiographAugment | None) -> Dataset:
+        return _LazyDataset(self.items, self.names, image_size, resolution, jpeg_quality, augment)
+
+    def describe(self) -> str:
+        return f"{len(self.items)} images, read as drawn"
+
+
+class RadiographClassificationDataModule(L.LightningDataModule):
+    """The classifiers' data: Kermany (``dataset=kermany``, a folder root) and PneumoniaMNIST (``pneumoniamnist``,
+    an npz path), decoded into memory; or a catalogue dataset's labelled radiographs (``source``: its
+    DatasetDataModule — ChestX-ray8, VinDr-CXR), read as drawn. MCCT label = abnormal; MLCT findings = ``findings``."""
 
     is_classification = True
 
@@ -221,24 +311,30 @@ class CXRClassificationDataModule(L.LightningDataModule):
                  resolution: int | None = None,
                  degrade_jpeg: bool = False, jpeg_ratio: float | None = None, jpeg_bpp: float | None = None,
                  val_fraction: float = 0.1, max_train: int | None = None, batch_size: int = 64, num_workers: int | str = "auto",
-                 persistent_workers: bool = False, seed: int = 42, augment: bool = False, pin_memory: bool | str = "auto"):
+                 persistent_workers: bool = False, seed: int = 42, augment: bool = False, pin_memory: bool | str = "auto",
+                 source=None):
         super().__init__()
-        if dataset not in ("kermany", "pneumoniamnist"):
+        if source is None and dataset not in ("kermany", "pneumoniamnist"):
             raise MedcompError(f"data.dataset={dataset!r}: expected kermany or pneumoniamnist")
         if resolution is not None and resolution > image_size:
             raise MedcompError(f"data.resolution={resolution} is above data.image_size={image_size}")
-        self.dataset, self.root = dataset, Path(root).expanduser()
+        self.dataset, self.root, self.source = dataset, Path(root).expanduser() if root else None, source
         self.image_size, self.resolution = image_size, resolution
         self.degrade_jpeg = degrade_jpeg
-        self.jpeg_target = Target(ratio=jpeg_ratio, bpp=None if jpeg_ratio is not None else jpeg_bpp)
+        self.jpeg_target = Target(ratio=jpeg_ratio, bpp=None if jpeg_ratio is not None else jpeg_bpp) if degrade_jpeg \
+            else None
         self.val_fraction, self.max_train, self.seed, self.augment = val_fraction, max_train, seed, augment
         self.batch_size, self.num_workers, self.persistent_workers = batch_size, num_workers, persistent_workers
         self.pin_memory = pin_memory
-        self.splits: dict[str, Split] = {}
+        self.splits: dict[str, HeldSplit | LazySplit] = {}
         self.jpeg: dict = {}
+        self.jpeg_quality: int | None = None
         self.finding_names = list(findings)  # MLCT label names, in the order of the findings columns
 
-    def _read(self) -> dict[str, Split]:
+    def _read(self) -> dict[str, HeldSplit | LazySplit]:
+        if self.source is not None:
+            return {name: LazySplit(items, self.finding_names)
+                    for name, items in self.source.labelled_splits(self.finding_names, self.max_train).items()}
         if self.dataset == "kermany":
             train, val = patient_split(read_kermany(self.root, "train", self.image_size), self.val_fraction, self.seed)
             test = read_kermany(self.root, "test", self.image_size)
@@ -251,49 +347,34 @@ class CXRClassificationDataModule(L.LightningDataModule):
                 idx = np.flatnonzero(train.labels == label)
                 keep[rng.choice(idx, round(self.max_train * len(idx) / len(train.labels)), replace=False)] = True
             train = _subset(train, keep)
-        return {"train": train, "val": val, "test": test}
+        k = train.findings.shape[1]
+        if k != len(self.finding_names):
+            raise MedcompError(f"data.findings names {len(self.finding_names)} findings, {self.dataset} has {k}")
+        return {"train": HeldSplit(train), "val": HeldSplit(val), "test": HeldSplit(test)}
 
     def setup(self, stage=None):
         if self.splits:
             return
         self.splits = self._read()
-        k = self.splits["train"].findings.shape[1]
-        if k != len(self.finding_names):
-            raise MedcompError(f"data.findings names {len(self.finding_names)} findings, {self.dataset} has {k}")
         if self.degrade_jpeg:
             # The quality is chosen on training images only; every split is then compressed at it.
-            sample = self.splits["train"].images[:: max(1, len(self.splits["train"].images) // 256)]
-            quality, _ = jpeg_quality_for(sample, self.jpeg_target)
-            self.jpeg = {"quality": quality, "ratio_target": self.jpeg_target.ratio or 8.0 / self.jpeg_target.bpp}
+            sample = self.splits["train"].jpeg_sample(self.image_size)
+            self.jpeg_quality, ratio = jpeg_quality_for(sample, self.jpeg_target)
+            self.jpeg = {"quality": self.jpeg_quality, "ratio_target": self.jpeg_target.ratio or 8.0 / self.jpeg_target.bpp,
+                         "ratio_actual_train_sample": ratio, "sample_images": len(sample)}
             for name, split in self.splits.items():
-                decoded, nbytes = jpeg_degrade(split.images, quality)
-                self.jpeg[f"ratio_actual_{name}"] = split.images.nbytes / nbytes
-                self.jpeg[f"bpp_{name}"] = 8.0 * nbytes / split.images.size
-                split.jpeg = decoded
-            log.info("JPEG quality %d: ratio %.1f on test (target %.1f)", quality, self.jpeg["ratio_actual_test"],
-                     self.jpeg["ratio_target"])
+                measured = split.compress(self.jpeg_quality)
+                self.jpeg.update({f"{k}_{name}": v for k, v in measured.items()})
+            log.info("JPEG quality %d: ratio %.1f on %s (target %.1f)", self.jpeg_quality,
+                     self.jpeg.get("ratio_actual_test", ratio), "test" if "ratio_actual_test" in self.jpeg else
+                     f"a training sample of {len(sample)}", self.jpeg["ratio_target"])
         for name, split in self.splits.items():
-            log.info("%s %s: %d images (%d abnormal), %d patients", self.dataset, name, len(split.labels),
-                     int(split.labels.sum()), len(set(split.groups)))
-
-    def _dataset(self, name: str) -> _SplitDataset:
-        split = self.splits[name]
-        images = torch.from_numpy(split.images).unsqueeze(1)
-        tensors = {"image": images, "label": torch.from_numpy(split.labels),
-                   "findings": torch.from_numpy(split.findings)}
-        if self.resolution and self.resolution < self.image_size:
-            # Area downsampling of the same images (what a low-resolution acquisition or storage keeps).
-            low = F.interpolate(images.float(), size=(self.resolution,) * 2, mode="area")
-            tensors["lowres"] = low.round().clamp(0, 255).to(torch.uint8)
-        if self.degrade_jpeg:
-            tensors["jpeg"] = torch.from_numpy(split.jpeg).unsqueeze(1)
-        if name == "train" and self.augment:
-            return _SplitDataset(tensors, RadiographAugment(self.image_size, self.seed, trainer_rank(self.trainer)),
-                                 self.resolution, self.jpeg.get("quality"))
-        return _SplitDataset(tensors)
+            log.info("%s %s: %s", self.dataset, name, split.describe())
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        data = self._dataset(name)
+        augment = RadiographAugment(self.image_size, self.seed, trainer_rank(self.trainer)) \
+            if name == "train" and self.augment else None
+        data = self.splits[name].dataset(self.image_size, self.resolution, self.jpeg_quality, augment)
         # validation: an unpadded shard per DDP rank, gathered by the model (the test split is scored by rank zero)
         workers = loader_settings(self.trainer, self.num_workers, self.pin_memory)
         return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle,
