@@ -80,13 +80,13 @@ def mm_reference(width: int, rows: int, seconds: float = 3.0) -> float:
 
 
 def in_process(codec: str, mcz: Path) -> dict:
-    import medcomp.models.compression.siren_codec as siren_codec
+    import medcomp.models.compression.per_block_siren as per_block_siren
     import medcomp.models.compression.unicompress as unicompress
     from medcomp.codecs.container import read_container
     from medcomp.codecs.registry import decode_container
     from medcomp.nn.siren import DECODE_PIECE_POINTS, evaluate_in_pieces
 
-    module = unicompress if codec == "unicompress" else siren_codec
+    module = unicompress if codec == "unicompress" else per_block_siren
     clock = NetworkClock(evaluate_in_pieces)
     module.evaluate_in_pieces = clock
     try:

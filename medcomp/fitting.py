@@ -61,7 +61,9 @@ def trainer_rules(cfg: DictConfig, model) -> dict:
 
 
 @dataclass
-class Fitted:
+class FitRun:
+    """What one fit leaves: the fitted model, its data, the trainer that ran it and the seconds it took."""
+
     model: object        # the LightningModule, fitted
     datamodule: object
     trainer: object
@@ -69,7 +71,7 @@ class Fitted:
 
 
 def fit(cfg: DictConfig, images: list[Image] | None = None, target: Target | None = None,
-        loggers: list | None = None, extra_callbacks: list | None = None, top_level: bool = True) -> Fitted:
+        loggers: list | None = None, extra_callbacks: list | None = None, top_level: bool = True) -> FitRun:
     """Instantiate data, model and trainer from ``cfg`` and fit. ``images``: fit on these instead of the data
     config's files; ``target``: instead of ``cfg.compression``'s. ``top_level``: this is the run itself (resume, multirun × DDP), not a codec's fit inside it."""
     import lightning as L
@@ -104,4 +106,4 @@ def fit(cfg: DictConfig, images: list[Image] | None = None, target: Target | Non
     if not trainer.fast_dev_run and cfg.get("save_final_checkpoint", True):
         # The fitted model, for a later stage (e.g. the UniCompress teacher a student distils from).
         trainer.save_checkpoint(Path(cfg.paths.output_dir) / "checkpoints" / "final.ckpt", weights_only=False)
-    return Fitted(model, dm, trainer, seconds)
+    return FitRun(model, dm, trainer, seconds)

@@ -1,7 +1,7 @@
 """The per-block SIREN file format: one small SIREN a block, its weights as floats or quantised and entropy-coded
 (the same quantiser as UniCompress's file), the block value ranges, and a deblocking strength. The encoder side
 (:func:`siren_file`, and :func:`solve_width`, the widest network whose file fits a target) and the decoder
-(:func:`decode_siren`) live here together; medcomp.models.compression.siren_codec fits the networks."""
+(:func:`decode_siren`) live here together; medcomp.models.compression.per_block_siren fits the networks."""
 
 from __future__ import annotations
 

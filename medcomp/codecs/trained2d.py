@@ -7,7 +7,7 @@ A trained codec is trained once on a corpus (``run.py model=cal_vae data=...``) 
 and each slice as independent tiles of at most 512² (``TILE``), each padded to the network's stride and cropped
 back. The rate knob (CAL-VAE: gain level; RNN-Conv: iterations) is one for the whole file, searched until the file
 meets the target. The header carries the sha256 of the weights file, and decoding refuses any other weights. The
-networks and their training are medcomp.models (codec2d.ImageCodecModule, cal_vae, rnn_conv).
+networks and their training are medcomp.models (trained_image.TrainedImageModel, cal_vae, rnn_conv).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ with warnings.catch_warnings():  # compressai 1.2.8 scripts a helper with torch.
 
 from medcomp.codecs.entropy import with_tail
 from medcomp.errors import CorruptFileError
-from medcomp.models.compression.codec2d import ImageCodecModule
+from medcomp.models.compression.trained_image import TrainedImageModel
 from medcomp.nn.wavelet import haar_dwt, haar_idwt
 
 # The λ ladder of the shipped weights: CompressAI's MSE ladder (its q1 … q8) and two levels below it, so that one file
@@ -78,7 +78,7 @@ def up(cin: int, cout: int, last: bool = False) -> nn.Module:
     return conv if last else nn.Sequential(conv, GDN(cout, inverse=True))
 
 
-class CalVAE(ImageCodecModule):
+class CalVAE(TrainedImageModel):
     codec_name = "cal_vae"
     stride = 16  # DWT (2) × three stride-2 stages
     knob_integer, knob_increasing = True, True

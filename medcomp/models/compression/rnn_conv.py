@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from medcomp.errors import CorruptFileError
-from medcomp.models.compression.codec2d import ImageCodecModule
+from medcomp.models.compression.trained_image import TrainedImageModel
 from medcomp.nn.conv_rnn import Binarizer, ConvLSTMCell, PyramidPooling
 
 
-class RNNConv(ImageCodecModule):
+class RNNConv(TrainedImageModel):
     codec_name = "rnn_conv"
     stride = 16
 

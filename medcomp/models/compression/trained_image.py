@@ -14,7 +14,7 @@ from medcomp.models.built_in_setup import size_empty_buffers
 from medcomp.models.contracts import CompressionModel
 
 
-class ImageCodecModule(CompressionModel, L.LightningModule):
+class TrainedImageModel(CompressionModel, L.LightningModule):
     """Base of the trained codecs. Subclasses define the network, ``training_loss`` and the three coding steps:
     ``analyse`` (image → encoder state, once), ``stream`` (state, knob → bytes) and ``synthesise`` (bytes, knob →
     image); the knob is searched between ``knob_lo`` and ``knob_hi``."""

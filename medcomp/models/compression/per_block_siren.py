@@ -17,7 +17,7 @@ from medcomp.nn.siren import BatchedSiren, grid_coordinates
 from medcomp.target import Target
 
 
-class SirenCodec(BuiltInSetup, ImageFit, L.LightningModule):
+class PerBlockSiren(BuiltInSetup, ImageFit, L.LightningModule):
     full_precision_fit = True  # fp32 whatever trainer.precision says (medcomp.fitting.trainer_rules)
 
     def __init__(self, depth: int = 5, w0: float = 30.0, lr: float = 1e-3, weight_dtype: str = "float16",
