@@ -44,6 +44,26 @@ def case_dir(cfg: DictConfig, case_id: str) -> Path:
     return Path(cfg.paths.cases_dir) / settings_digest(cfg) / case_folder_name(case_id)
 
 
+def release_memory() -> None:
+    """What one case's run left behind, freed before the next: a fit's trainer, model and loaders hold reference
+    cycles that only the cycle collector frees, glibc keeps freed pages, and CUDA's cache would keep the largest
+    case's blocks. Measured (/usr/bin/time -v, the six full-size miniature cases in one job, per-block SIREN + HEVC,
+    JPEG 2000, SPERR): peak 2.33 GB without this, 1.86 GB with it; the largest case alone 1.66 GB."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:  # glibc keeps freed heap pages in its arenas: hand them back (Linux; elsewhere nothing to do)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def case_folder_name(case_id: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in case_id)
 
@@ -53,8 +73,12 @@ def run_cases(cfg: DictConfig, run_one: Callable[[DictConfig], dict]) -> dict:
     from datetime import UTC, datetime
 
     from hydra.utils import instantiate
+    from lightning.pytorch.utilities import rank_zero_only
 
     from medcomp.utils.resolvers import sweep_group
+
+    # Under DDP every rank walks the same cases (each fit is a collective); rank zero alone writes the records.
+    writes = getattr(rank_zero_only, "rank", 0) == 0
 
     started = datetime.now(UTC).isoformat(timespec="milliseconds")
     ids = [c["id"] for c in instantiate(cfg.data).selected_cases()]
@@ -76,19 +100,23 @@ def run_cases(cfg: DictConfig, run_one: Callable[[DictConfig], dict]) -> dict:
             run_one(one)
         except (MedcompError, MemoryError, OSError) as exc:  # this case's own failure: the others still run
             message = f"{type(exc).__name__}: {exc}" if not isinstance(exc, MedcompError) else str(exc)
-            atomic_write_text(out / "failed.json", json.dumps({"case": case_id, "error": message}, indent=2))
+            if writes:
+                atomic_write_text(out / "failed.json", json.dumps({"case": case_id, "error": message}, indent=2))
             log.error("case %s failed: %s", case_id, message)
             failed[case_id] = message
             continue
+        finally:
+            release_memory()
         done.append(case_id)
     # the job's own record, in its Hydra folder: what `medcomp report <multirun folder>` follows to the cases
     summary = {"cases": ids, "done": done, "skipped": skipped, "failed": failed,
                "cases_dir": str(Path(cfg.paths.cases_dir).resolve() / settings_digest(cfg)),
                "case_folders": [case_folder_name(i) for i in ids], "sweep_group": sweep_group(),
                "pid": os.getpid(), "started": started, "ended": datetime.now(UTC).isoformat(timespec="milliseconds")}
-    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(cfg.paths.output_dir) / "cases.json", json.dumps(summary, indent=2))
-    print(f"{len(done)} cases coded, {len(skipped)} done before, {len(failed)} failed ({summary['cases_dir']})")
+    if writes:
+        Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(cfg.paths.output_dir) / "cases.json", json.dumps(summary, indent=2))
+        print(f"{len(done)} cases coded, {len(skipped)} done before, {len(failed)} failed ({summary['cases_dir']})")
     if failed:
         raise MedcompError(f"{len(failed)} of {len(ids)} cases failed: "
                            + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in failed.items()))
