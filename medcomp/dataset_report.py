@@ -177,11 +177,12 @@ def plot_bands(summary: list[dict], path: Path) -> None:
 
 
 def _fmt(stat: dict, spec: str = "{:.2f}") -> str:
+    """mean, then the CI on a second line (a narrow terminal keeps the table readable)."""
     if stat["mean"] is None:
         return "-"
     text = spec.format(stat["mean"])
     if stat["ci_low"] is not None:
-        text += f" [{spec.format(stat['ci_low'])}, {spec.format(stat['ci_high'])}]"
+        text += f"\n[{spec.format(stat['ci_low'])}, {spec.format(stat['ci_high'])}]"
     return text
 
 
@@ -195,7 +196,7 @@ def print_report(report: dict) -> None:
     print(rich_table(rows, [("data", "data", "{}"), ("codec", "codec", "{}"), ("target", "target", "{}"),
                             ("n", "n", "{}"), ("PSNR dB [95% CI]", "psnr", "{}"), ("SSIM", "ssim", "{}"),
                             ("CR actual", "cr", "{}"), ("bpp", "bpp", "{}"), ("encode s", "enc", "{}"),
-                            ("decode s", "dec", "{}")], "cases: mean [95 % bootstrap CI]"))
+                            ("decode s", "dec", "{}")], "cases: mean and [95 % bootstrap CI]"))
     bd_rows = [{"data": data, "codec": codec, "n": b["bd_rate"]["n"], "rate": _fmt(b["bd_rate"], "{:+.1f}"),
                 "n_psnr": b["bd_psnr"]["n"], "psnr": _fmt(b["bd_psnr"], "{:+.2f}")}
                for data, by_codec in report["bd"].items() for codec, b in by_codec.items()]

@@ -182,3 +182,26 @@ def test_bench_rd_takes_a_datasets_case_selection(miniature, tmp_path):
     assert {p["image"] for p in result["points"]} == {"liver_1", "liver_4"} and len(result["points"]) == 8
     r = run_cli("bench", "rd", "--input", miniature, "data=msd_liver", "--codecs", "hevc", "--reference", "hevc")
     assert r.returncode == 2 and "not both" in r.stderr
+
+
+def test_the_case_loop_under_ddp_writes_each_case_once_with_its_own_wandb_run(miniature, tmp_path):
+    """trainer=ddp on 2 CPU processes (gloo): both ranks walk the cases (each fit a collective), rank zero writes;
+    a re-launch skips on both ranks."""
+    logs = tmp_path / "logs"
+    cmd = [sys.executable, "run.py", "data=msd_liver", f"data.root={miniature}", "data.split=all",
+           "data.cases=[liver_0,liver_3]", "model=siren", "model.fit_steps=10", "data.block_size_3d=[16,96,96]",
+           "compression=cr64", "baselines=[hevc]", "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu",
+           "logger=wandb", "save_recon=false"]
+    env = {**os.environ, "MEDCOMP_LOG_DIR": str(logs), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    results = case_results(logs)
+    assert sorted(results) == [("cr64", "liver_0"), ("cr64", "liver_3")]
+    assert all(p.name == "metrics.json" for p in results.values())
+    for p in results.values():
+        assert len(list((p.parent / "wandb").glob("offline-run-*"))) == 1
+        assert {row["codec"] for row in json.loads(p.read_text())["images"]} == {"siren", "hevc"}
+    jobs = list(logs.rglob("cases.json"))
+    assert len(jobs) == 1 and json.loads(jobs[0].read_text())["done"] == ["liver_0", "liver_3"]  # rank zero's
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "0 cases coded, 2 done before" in again.stdout

@@ -441,7 +441,7 @@ def test_a_sharded_sweep_writes_each_case_once_skips_done_cases_and_survives_a_b
     def run(shard):
         return run_task(compose(["model=siren", "data=msd_liver", f"data.root={task.parent}", "data.split=all",
                                  f"data.shard={shard}", "data.block_size_3d=[8,16,16]", "model.fit_steps=2",
-                                 "baselines=[jpeg2000]", "compression=cr10", "logger=none", "callbacks=none",
+                                 "baselines=[jpeg2000]", "compression=cr10", "logger=wandb", "callbacks=none",
                                  "save_final_checkpoint=false", "save_recon=false", f"paths.log_dir={tmp_path / 'logs'}",
                                  f"paths.output_dir={tmp_path / 'job'}"]))
 
@@ -450,6 +450,8 @@ def test_a_sharded_sweep_writes_each_case_once_skips_done_cases_and_survives_a_b
     root = Path(first[0]["cases_dir"])
     assert sorted(p.name for p in root.iterdir()) == [f"liver_{i}" for i in range(4)]
     assert all((root / f"liver_{i}" / "metrics.json").is_file() for i in range(4))
+    # each case its own W&B run, in its own folder (not the first case's run reused by the next)
+    assert all(len(list((root / f"liver_{i}" / "wandb").glob("offline-run-*"))) == 1 for i in range(4))
     again = run("0/2")
     assert again["done"] == [] and again["skipped"] == first[0]["done"]
     # liver_0 (shard 0) is cut off half-way (no metrics.json) and its file is now truncated

@@ -76,6 +76,7 @@ def run_cases(cfg: DictConfig, run_one: Callable[[DictConfig], dict]) -> dict:
     from lightning.pytorch.utilities import rank_zero_only
 
     from medcomp.utils.resolvers import sweep_group
+    from medcomp.utils.wandb import finish_wandb
 
     # Under DDP every rank walks the same cases (each fit is a collective); rank zero alone writes the records.
     writes = getattr(rank_zero_only, "rank", 0) == 0
@@ -106,6 +107,7 @@ def run_cases(cfg: DictConfig, run_one: Callable[[DictConfig], dict]) -> dict:
             failed[case_id] = message
             continue
         finally:
+            finish_wandb(exit_code=2 if case_id in failed else 0)  # each case its own W&B run, in the case's folder
             release_memory()
         done.append(case_id)
     # the job's own record, in its Hydra folder: what `medcomp report <multirun folder>` follows to the cases
