@@ -60,23 +60,28 @@ def _is_case_folder(folder: Path) -> bool:
 
 
 def gather(roots: list[Path]) -> dict:
-    """Rows (one a dataset, codec, target and case; the first found when several runs coded the same — a baseline
-    coded by each model's sweep), failures, and cases selected but never finished."""
+    """Rows (one a dataset, codec, target and case), failures, and cases selected but never finished.
+
+    A baseline coded by several runs (each model's sweep codes HEVC too) counts once: the first found. A model's own
+    codec run with other settings (another settings digest: fit steps, width…) is another curve, named
+    ``<codec>@<digest>`` when a dataset has more than one."""
     folders, jobs = case_folders(roots)
     rows, seen, failed, missing, duplicates = [], set(), [], [], 0
     for folder in folders:
         metrics, failure = folder / "metrics.json", folder / "failed.json"
+        digest = folder.parent.name
         if metrics.is_file():
             m = json.loads(metrics.read_text())
             for r in m.get("images", []):
-                key = (m["data"], r["codec"], m["compression"], folder.name)
+                own = r["codec"] == m["model"]
+                key = (m["data"], r["codec"], m["compression"], folder.name, digest if own else None)
                 if key in seen:
                     duplicates += 1
                     continue
                 seen.add(key)
                 rows.append({"data": m["data"], "model": m["model"], "codec": r["codec"], "target": m["compression"],
                              "ratio_target": r.get("ratio_target"), "case": folder.name, "folder": str(folder),
-                             **{k: r.get(k) for k in METRICS}})
+                             "settings": digest if own else None, **{k: r.get(k) for k in METRICS}})
         elif failure.is_file():
             f = json.loads(failure.read_text())
             failed.append({"case": f.get("case", folder.name), "folder": str(folder), "error": f.get("error", "")})
@@ -85,6 +90,13 @@ def gather(roots: list[Path]) -> dict:
     if not rows and not failed:
         raise MedcompError(f"{', '.join(map(str, roots))}: no case results (metrics.json or failed.json of a "
                            f"data.shard / data.cases run) found")
+    settings = defaultdict(set)
+    for r in rows:
+        if r["settings"]:
+            settings[(r["data"], r["codec"])].add(r["settings"])
+    for r in rows:
+        if len(settings.get((r["data"], r["codec"]), ())) > 1:
+            r["codec"] = f"{r['codec']}@{r['settings']}"
     return {"rows": rows, "failed": failed, "missing": missing, "duplicates": duplicates, "jobs": jobs}
 
 

@@ -162,6 +162,18 @@ def test_report_numbers_match_a_hand_computation_on_two_cases(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["summary"] == json.loads(json.dumps(report["summary"]))
     assert (tmp_path / "report_rd.png").is_file()
 
+    # SIREN again with other settings (another digest) on case_a: a curve of its own; HEVC there again: counted once
+    for target, ratio, i in (("cr64", 64.0, 0), ("cr256", 256.0, 1)):
+        bpp, psnr = hevc["case_a"][i]
+        write_case(tmp_path / "cases" / target / "abcdefabcd" / "case_a", "msd_liver", target, ratio,
+                   {"hevc": (bpp, psnr, 0.9), "siren": (bpp, psnr - 1, 0.8)})
+    again = make_report([tmp_path], reference="hevc", wandb=False)
+    curves = {(s["codec"], s["target"]): s["n"] for s in again["summary"]}
+    assert curves == {("hevc", "cr64"): 2, ("hevc", "cr256"): 2, ("siren@0123456789", "cr64"): 2,
+                      ("siren@0123456789", "cr256"): 2, ("siren@abcdefabcd", "cr64"): 1, ("siren@abcdefabcd", "cr256"): 1}
+    assert again["duplicates_skipped"] == 2
+    assert again["bd"]["msd_liver"]["siren@abcdefabcd"]["cases"]["case_a"]["bd_psnr"] == pytest.approx(-1.0, abs=1e-6)
+
 
 def test_report_refuses_a_folder_without_cases_and_a_reference_not_coded(tmp_path):
     r = run_cli("report", tmp_path)
