@@ -63,13 +63,14 @@ def gather(roots: list[Path]) -> dict:
     """Rows (one a dataset, codec, target and case), failures, and cases selected but never finished.
 
     A baseline coded by several runs (each model's sweep codes HEVC too) counts once: the first found. A model's own
-    codec run with other settings (another settings digest: fit steps, width…) is another curve, named
-    ``<codec>@<digest>`` when a dataset has more than one."""
+    codec run with other settings (fit steps, width…: another curve id in the case's case.json, the settings less
+    the target) is another curve, named ``<codec>@<curve>`` when a dataset has more than one."""
     folders, jobs = case_folders(roots)
     rows, seen, failed, missing, duplicates = [], set(), [], [], 0
     for folder in folders:
         metrics, failure = folder / "metrics.json", folder / "failed.json"
-        digest = folder.parent.name
+        record = folder / "case.json"
+        digest = json.loads(record.read_text())["curve"] if record.is_file() else folder.parent.name
         if metrics.is_file():
             m = json.loads(metrics.read_text())
             for r in m.get("images", []):

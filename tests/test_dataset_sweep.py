@@ -196,6 +196,7 @@ def test_bench_rd_takes_a_datasets_case_selection(miniature, tmp_path):
     assert r.returncode == 2 and "not both" in r.stderr
 
 
+@pytest.mark.slow  # 30 s: two DDP processes a case (make test-full, as the other DDP runs)
 def test_the_case_loop_under_ddp_writes_each_case_once_with_its_own_wandb_run(miniature, tmp_path):
     """trainer=ddp on 2 CPU processes (gloo): both ranks walk the cases (each fit a collective), rank zero writes;
     a re-launch skips on both ranks."""

@@ -6,8 +6,9 @@ job, so that the jobs of a sweep write each case once and a re-launch finds what
   off half-way has none and is run again).
 - A case that fails (an unreadable file, a MedcompError, out of memory) leaves ``failed.json`` with its error line and
   the job goes on to the next case; the job then exits 2 naming the failed cases.
-- ``<settings>`` is a digest of the run's resolved config less the case selection, the paths and the loggers: a
-  re-launch with other settings (a model option, the baselines, the target) writes beside, never over, the first.
+- ``<settings>`` is a digest of the run's config less the case selection, the paths and the loggers: a re-launch
+  with other settings (a model option, the baselines, the target) writes beside, never over, the first. The case's
+  ``case.json`` also names its curve: the same digest less the target, shared by a sweep's targets.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ def is_case_run(cfg: DictConfig) -> bool:
     return str(data.get("_target_", "")).endswith(".DatasetDataModule") and bool(data.get("cases") or data.get("shard"))
 
 
-def settings_digest(cfg: DictConfig) -> str:
+def settings_digest(cfg: DictConfig, *leave_out: str) -> str:
+    """The run's settings less the case selection, the paths, the loggers (and ``leave_out``'s top-level keys)."""
     plain = OmegaConf.to_container(cfg, resolve=False)
-    for key in ("paths", "logger", "hydra", "resume"):
+    for key in ("paths", "logger", "hydra", "resume", *leave_out):
         plain.pop(key, None)
     for key in ("cases", "shard", "max_cases"):
         plain.get("data", {}).pop(key, None)
@@ -96,6 +98,9 @@ def run_cases(cfg: DictConfig, run_one: Callable[[DictConfig], dict]) -> dict:
         OmegaConf.update(one, "paths.output_dir", str(out))
         out.mkdir(parents=True, exist_ok=True)
         (out / "failed.json").unlink(missing_ok=True)
+        if writes:  # which curve the case belongs to: the same settings at every target (medcomp report's grouping)
+            atomic_write_text(out / "case.json", json.dumps({"case": case_id, "settings": settings_digest(cfg),
+                                                             "curve": settings_digest(cfg, "compression")}, indent=2))
         log.info("case %d/%d %s → %s", i, len(ids), case_id, out)
         try:
             run_one(one)
