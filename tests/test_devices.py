@@ -157,9 +157,11 @@ def test_the_check_catches_a_plain_tensor_attribute_and_a_cpu_tensor_in_a_step()
 
 
 @pytest.mark.parametrize("codec", ["siren", "unicompress", "cal_vae", "rnn_conv"])
-def test_decompress_device_flag_on_every_learned_codec(tmp_path, codec):
+def test_decompress_device_flag_on_every_learned_codec(tmp_path, codec, cli):
     """``--device cpu`` and ``auto`` decode every learned codec's file to the same array (auto is the CPU here);
-    ``--device cuda`` without CUDA is one line, exit 2, and writes nothing."""
+    ``--device cuda`` without CUDA is one line, exit 2, and writes nothing. The encode runs in a process of its own,
+    the decodes in this one (the CLI's main, as a user's process runs it: a separate process decoding a file is
+    test_cli's and test_codecs2d's)."""
     from tests.conftest import run_cli
 
     src = tmp_path / "in.npy"
@@ -169,12 +171,12 @@ def test_decompress_device_flag_on_every_learned_codec(tmp_path, codec):
     assert r.returncode == 0, r.stderr
     arrays = {}
     for device in ("cpu", "auto"):
-        r = run_cli("decompress", tmp_path / "x.mcz", tmp_path / f"{device}.npy", "--device", device)
-        assert r.returncode == 0, r.stderr
+        code, _, err = cli("decompress", tmp_path / "x.mcz", tmp_path / f"{device}.npy", "--device", device)
+        assert code == 0, err
         arrays[device] = np.load(tmp_path / f"{device}.npy")
     np.testing.assert_array_equal(arrays["cpu"], arrays["auto"])
     if not torch.cuda.is_available():
-        r = run_cli("decompress", tmp_path / "x.mcz", tmp_path / "cuda.npy", "--device", "cuda")
-        assert r.returncode == 2 and not (tmp_path / "cuda.npy").exists()
-        assert r.stderr.strip().splitlines()[-1] == ("medcomp: error: --device cuda: no CUDA device is available here "
-                                                     "(torch.cuda.is_available() is False); use --device cpu or auto")
+        code, _, err = cli("decompress", tmp_path / "x.mcz", tmp_path / "cuda.npy", "--device", "cuda")
+        assert code == 2 and not (tmp_path / "cuda.npy").exists()
+        assert err.strip().splitlines()[-1] == ("medcomp: error: --device cuda: no CUDA device is available here "
+                                                "(torch.cuda.is_available() is False); use --device cpu or auto")
