@@ -187,16 +187,9 @@ def cmd_info(args) -> int:
 
 def cmd_cases(args) -> int:
     """The cases a data=<dataset> run would code: id, shape, dtype and size on disk, from headers alone."""
-    from hydra.utils import instantiate
-
-    from medcomp.config import compose
-    from medcomp.data.catalogue_datamodule import DatasetDataModule
     from medcomp.data.readers import peek_shape
 
-    cfg = compose(list(args.overrides))
-    if not str(cfg.data._target_).endswith(".DatasetDataModule"):
-        raise MedcompError(f"medcomp cases lists a catalogue dataset (data=msd_liver, cremi, …), not data={cfg.data_name}")
-    dm: DatasetDataModule = instantiate(cfg.data)
+    cfg, dm = catalogue_dataset(args.overrides, "medcomp cases lists")
     chosen = dm.case_ids or dm.shard
     cases = dm.selected_cases() if chosen else dm.cases()
     rows = []
@@ -216,18 +209,17 @@ def cmd_cases(args) -> int:
     return 0
 
 
-def selected_dataset_images(overrides: list[str]) -> list:
-    """The images of a catalogue dataset's case selection (``data=msd_liver data.root=DIR data.shard=0/4`` …), read
-    as a run.py compress run reads them (no blocks, no padding)."""
+def catalogue_dataset(overrides: list[str], what: str):
+    """(config, DatasetDataModule) of ``data=<catalogue dataset> data.root=…`` overrides; ``what`` starts the error
+    for any other data config."""
     from hydra.utils import instantiate
 
     from medcomp.config import compose
 
     cfg = compose(list(overrides))
     if not str(cfg.data._target_).endswith(".DatasetDataModule"):
-        raise MedcompError(f"a case selection needs a catalogue dataset (data=msd_liver, cremi, …), not "
-                           f"data={cfg.data_name}")
-    return instantiate(cfg.data).read_selected()
+        raise MedcompError(f"{what} a catalogue dataset (data=msd_liver, cremi, …), not data={cfg.data_name}")
+    return cfg, instantiate(cfg.data)
 
 
 def cmd_bench_rd(args) -> int:
@@ -240,7 +232,8 @@ def cmd_bench_rd(args) -> int:
     if bool(args.input) == bool(args.overrides):
         raise MedcompError("medcomp bench rd: give --input FILE… or a dataset's case selection "
                            "(data=msd_liver data.root=DIR [data.split=…] [data.shard=K/N | data.cases=[…]]), not both")
-    images = selected_dataset_images(args.overrides) if args.overrides else None
+    # a dataset's selection, read as a run.py compress run reads it (no blocks, no padding)
+    images = catalogue_dataset(args.overrides, "a case selection needs")[1].read_selected() if args.overrides else None
     rd_benchmark(inputs=args.input or [], images=images, codecs=args.codecs, ratios=args.ratios, bpps=args.bpps,
                  reference=args.reference, name=args.name, out_dir=Path(args.out_dir), key=args.key,
                  command=" ".join(sys.argv))
@@ -253,7 +246,7 @@ def cmd_report(args) -> int:
     report = make_report([Path(d) for d in args.sweep_dirs], out=args.out, reference=args.reference,
                          wandb=not args.no_wandb, command=" ".join(sys.argv))
     print_report(report)
-    out = Path(args.out or args.sweep_dirs[0])
+    out = Path(report["out"])
     print(f"report: {out / 'report.json'}" + (f", {out / 'report_rd.png'}" if report["rows"] else "")
           + (f"; W&B run: {report['wandb_dir']}" if report.get("wandb_dir") else ""))
     return 0

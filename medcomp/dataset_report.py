@@ -266,7 +266,7 @@ def make_report(roots: list[Path], out: Path | None = None, reference: str = "he
         raise MedcompError(f"--reference {reference}: no case was coded with it (codecs: "
                            f"{', '.join(sorted({r['codec'] for r in rows}))}); add it to the sweep's baselines")
     report = {"command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "sweeps": [str(r) for r in roots], "reference": reference,
+              "sweeps": [str(r) for r in roots], "out": str(out), "reference": reference,
               "confidence": CONFIDENCE, "bootstrap": {"method": "percentile", "resamples": RESAMPLES, "seed": 0},
               "summary": summarise(rows), "bd": bd_per_case(rows, reference) if rows else {},
               "failed": gathered["failed"], "missing": gathered["missing"],
